@@ -1,8 +1,17 @@
 package diff
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
 )
 
 // Compression is a layer blob's compression.
@@ -30,13 +39,184 @@ func (c Compression) String() string {
 	return "unknown"
 }
 
-// DecompressStream detects the compression of r by its magic bytes and
-// returns a reader of the uncompressed stream.
-func DecompressStream(r io.Reader) (io.ReadCloser, Compression, error) {
-	return nil, Uncompressed, errors.New("diff.DecompressStream: not implemented")
+// ParseCompression parses "gzip", "zstd" or "none" (the values of the CLI's
+// --compression flag). Matching ignores case; "" is not accepted so that a
+// missing flag value is not silently taken as "none".
+func ParseCompression(s string) (Compression, error) {
+	switch strings.ToLower(s) {
+	case "gzip":
+		return Gzip, nil
+	case "zstd":
+		return Zstd, nil
+	case "none":
+		return Uncompressed, nil
+	}
+	return Uncompressed, fmt.Errorf("unknown compression %q: want gzip, zstd or none", s)
 }
 
-// CompressStream returns a writer that compresses into w with c.
-func CompressStream(w io.Writer, c Compression) (io.WriteCloser, error) {
-	return nil, errors.New("diff.CompressStream: not implemented")
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// magicLen is how many leading bytes DetectCompression needs to decide.
+const magicLen = 4
+
+// DetectCompression tells the compression of a stream from its first bytes
+// (4 are enough). Anything that is neither gzip nor zstd is Uncompressed: a
+// tar has no magic at offset 0, so "not compressed" is the only safe default;
+// garbage is then rejected by the tar reader.
+//
+// A zstd stream may start with a skippable frame (magic 0x184D2A5?, as
+// written by some tools to carry metadata); that counts as zstd too.
+func DetectCompression(b []byte) Compression {
+	switch {
+	case bytes.HasPrefix(b, gzipMagic):
+		return Gzip
+	case bytes.HasPrefix(b, zstdMagic):
+		return Zstd
+	case len(b) >= 4 && b[0]&0xf0 == 0x50 && b[1] == 0x2a && b[2] == 0x4d && b[3] == 0x18:
+		return Zstd
+	}
+	return Uncompressed
 }
+
+// DecompressStream detects the compression of r by its magic bytes and
+// returns a reader of the uncompressed stream. The bytes peeked for
+// detection are not lost: the returned reader starts at the beginning of
+// the stream.
+//
+// Closing the returned reader releases the decompressor (goroutines and
+// buffers of the parallel decoders) but does not close r, which stays the
+// caller's. Corrupt or truncated compressed input makes Read fail with an
+// error naming the compression; a truncated stream is never a silent EOF.
+func DecompressStream(r io.Reader) (io.ReadCloser, Compression, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	// A stream shorter than the magic is legal only as uncompressed data
+	// (an empty stream is an empty, if useless, layer); Peek reports
+	// io.EOF then, which is not an error here.
+	magic, err := br.Peek(magicLen)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, Uncompressed, fmt.Errorf("detect compression: %w", err)
+	}
+	c := DetectCompression(magic)
+	switch c {
+	case Gzip:
+		zr, err := newGzipReader(br)
+		if err != nil {
+			return nil, Gzip, fmt.Errorf("decompress gzip: %w", err)
+		}
+		return &decompressReader{r: zr, close: zr.Close, c: Gzip}, Gzip, nil
+	case Zstd:
+		zr, err := zstd.NewReader(br, zstdDecoderOptions()...)
+		if err != nil {
+			return nil, Zstd, fmt.Errorf("decompress zstd: %w", err)
+		}
+		return &decompressReader{r: zr, close: func() error { zr.Close(); return nil }, c: Zstd}, Zstd, nil
+	}
+	return io.NopCloser(br), Uncompressed, nil
+}
+
+// gzipReader is what both gzip implementations we may pick provide.
+type gzipReader interface {
+	io.Reader
+	Close() error
+}
+
+// newGzipReader returns the gzip decompressor chosen by
+// BenchmarkGunzip (see compression_test.go): pgzip decodes on one goroutine
+// too (deflate is sequential) but reads ahead and checksums on others, so
+// the consumer of the tar overlaps with decompression. Its read-ahead is
+// bounded (blocks x blockSize) so memory stays small.
+func newGzipReader(r io.Reader) (gzipReader, error) {
+	if useParallelGunzip {
+		return pgzip.NewReaderN(r, 1<<20, 4)
+	}
+	return gzip.NewReader(r)
+}
+
+// useParallelGunzip selects pgzip over klauspost's gzip for decompression;
+// set from the benchmark numbers noted in compression_test.go.
+var useParallelGunzip = true
+
+// zstdDecoderOptions: the decoder decodes up to n blocks in flight on
+// background goroutines, so it must be closed (decompressReader.Close does)
+// or those goroutines leak. Up to 4 in flight (the library's default) lets
+// decoding overlap the tar consumer without holding many blocks in memory.
+// The window limit stays the library default, so streams written with large
+// (--long) windows still decode; memory follows the window the stream
+// declares. Decoders are not pooled: one per layer stream costs microseconds
+// against seconds of decoding, and a pooled async decoder that is dropped by
+// sync.Pool would leak its goroutines.
+func zstdDecoderOptions() []zstd.DOption {
+	n := runtime.GOMAXPROCS(0)
+	if n > 4 {
+		n = 4
+	}
+	return []zstd.DOption{zstd.WithDecoderConcurrency(n)}
+}
+
+// decompressReader names the compression in read errors and closes the
+// decompressor exactly once.
+type decompressReader struct {
+	r      io.Reader
+	close  func() error
+	c      Compression
+	closed bool
+}
+
+func (d *decompressReader) Read(p []byte) (int, error) {
+	if d.closed {
+		return 0, fmt.Errorf("decompress %s: read after close", d.c)
+	}
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("decompress %s: %w", d.c, err)
+	}
+	return n, err
+}
+
+func (d *decompressReader) Close() error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if err := d.close(); err != nil {
+		return fmt.Errorf("decompress %s: %w", d.c, err)
+	}
+	return nil
+}
+
+// CompressStream returns a writer that compresses into w with c. Close the
+// writer to flush the compressor's trailer; it does not close w.
+//
+// gzip uses pgzip, which compresses blocks on all CPUs (commit is
+// CPU-bound on the compressor otherwise); its output is deterministic for a
+// given input, level and block size, which layer digests need. zstd uses
+// the library's default level with concurrency up to GOMAXPROCS.
+func CompressStream(w io.Writer, c Compression) (io.WriteCloser, error) {
+	switch c {
+	case Uncompressed:
+		return nopWriteCloser{w}, nil
+	case Gzip:
+		zw, err := pgzip.NewWriterLevel(w, pgzip.DefaultCompression)
+		if err != nil {
+			return nil, fmt.Errorf("compress gzip: %w", err)
+		}
+		if err := zw.SetConcurrency(1<<20, runtime.GOMAXPROCS(0)); err != nil {
+			return nil, fmt.Errorf("compress gzip: %w", err)
+		}
+		return zw, nil
+	case Zstd:
+		zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+		if err != nil {
+			return nil, fmt.Errorf("compress zstd: %w", err)
+		}
+		return zw, nil
+	}
+	return nil, fmt.Errorf("compress: unknown compression %d", int(c))
+}
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
