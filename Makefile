@@ -1,0 +1,50 @@
+# Every target that needs system packages or modules runs hack/deps.sh first:
+# it is idempotent and fast when everything is there.
+GO        ?= go
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+FUZZTIME  ?= 5m
+BENCHTIME ?= 3x
+BENCH     ?= .
+PKGS      := ./...
+
+.PHONY: all deps build demo test unit lint vet staticcheck fuzz bench clean
+
+all: build
+
+deps:
+	@bash hack/deps.sh
+
+build: deps
+	$(GO) build $(PKGS)
+
+## demo: the main job on built-in fixtures, printing each step.
+demo: deps
+	$(GO) run ./hack/demo
+
+## test: the whole suite as CI runs it (lint, then every test; fuzz seeds included).
+test: deps lint unit
+
+unit:
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+lint: vet staticcheck
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(GOBIN)/staticcheck $(PKGS)
+
+## fuzz: a longer fuzzing campaign on Apply than the seed corpus CI runs.
+fuzz: deps
+	$(GO) test ./diff/ -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME)
+
+## bench: Go benchmarks (they make their own loop filesystems), with the
+## GNU tar baseline measured in the same run.
+bench: deps
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem $(PKGS)
+
+clean:
+	$(GO) clean -testcache
