@@ -1,12 +1,419 @@
 package diff
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/internal/xattr"
 )
 
 // Changes walks lower and upper together and returns what changed from lower
 // to upper, sorted by path. lower "" stands for an empty tree.
+//
+// The two trees are read directory by directory in name order and merged,
+// so memory is bounded by the widest directory, not the tree. The root
+// directories themselves are not compared: a layer tar has no entry for "/".
+//
+// What counts as a change:
+//
+//   - Add: a path only in upper. Under an added directory every descendant
+//     is an Add too.
+//   - Delete: a path only in lower. Under a deleted directory nothing more
+//     is reported, as in moby: the whiteout of the directory covers it.
+//   - A directory replaced by a non-directory, or the reverse, is a Delete
+//     followed by an Add of the same path (and Adds of all the new
+//     directory's children): a tar must hide the old children, and Export
+//     turns that pair into an opaque directory or a whiteout plus entry.
+//     Other type changes (file to symlink, ...) are a Modify: the tar entry
+//     simply replaces the old one.
+//   - Modify: both exist with the same kind and differ in type bits,
+//     permissions (setuid, setgid and sticky included), owner, mtime (to
+//     the nanosecond), xattrs, and for non-directories size, device number
+//     or symlink target. A directory's size is not looked at (it depends on
+//     the filesystem's history, not on content), but its mtime is: a
+//     directory whose mtime changed is a Modify, so that an export restores
+//     it and a diff/apply round trip reproduces the tree exactly.
+//
+// Content is not read in general. Like moby and continuity we trust that
+// any write changes the mtime: reading both copies of every file would make
+// the naive differ cost a full read of both trees. The one exception, taken
+// from continuity, is a regular file whose size and mtime match but whose
+// mtime has no sub-second part on both sides: such a timestamp may have
+// been truncated (a tar without PAX times, a filesystem with coarse
+// timestamps), so equal times prove little and the content decides. A file
+// rewritten with the same size and its nanosecond mtime restored on purpose
+// (touch -r) is thus reported unchanged: a known limit shared with the
+// peers. Inode and device numbers are never compared (a copy or snapshot
+// of the parent has new ones), nor the link count, so hardlinked files
+// whose metadata matches are unchanged; when both sides are the same inode
+// nothing can differ and nothing more is read.
+//
+// Xattrs are compared by name and value, ignoring overlay-internal ones and
+// security.selinux, which Export never writes (see exportXattr): a
+// difference in them alone would produce a change whose tar entry is
+// identical to the lower one.
+//
+// The result is sorted in component order (see ComparePaths): a parent
+// comes before its children, and "/a/b" before "/a.b". Export writes its tar
+// in the same order.
 func Changes(ctx context.Context, lower, upper string) ([]Change, error) {
-	return nil, errors.New("diff.Changes: not implemented")
+	d := differ{ctx: ctx, lower: lower, upper: upper}
+	st, err := lstatNoFollow(upper)
+	if err != nil {
+		return nil, fmt.Errorf("changes: upper: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("changes: upper %s is not a directory", upper)
+	}
+	if lower != "" {
+		lst, lerr := lstatNoFollow(lower)
+		if lerr != nil {
+			return nil, fmt.Errorf("changes: lower: %w", lerr)
+		}
+		if lst.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return nil, fmt.Errorf("changes: lower %s is not a directory", lower)
+		}
+		err = d.compareDir("/")
+	} else {
+		err = d.addTree("/")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d.changes, nil
+}
+
+// differ holds the state of one double walk.
+type differ struct {
+	ctx          context.Context
+	lower, upper string
+	changes      []Change
+	n            int // entries visited, to check ctx now and then
+}
+
+func (d *differ) emit(p string, k ChangeKind) {
+	d.changes = append(d.changes, Change{Path: p, Kind: k})
+}
+
+// checkCtx looks at the context every 256 entries: cheap enough for huge
+// flat directories, responsive enough for cancellation.
+func (d *differ) checkCtx() error {
+	d.n++
+	if d.n&255 == 0 {
+		if err := d.ctx.Err(); err != nil {
+			return fmt.Errorf("changes: %w", err)
+		}
+	}
+	return nil
+}
+
+// compareDir merges the sorted listings of directory rel in both trees.
+// rel is a directory in both.
+func (d *differ) compareDir(rel string) error {
+	if err := d.ctx.Err(); err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	lnames, err := sortedNames(filepath.Join(d.lower, rel))
+	if err != nil {
+		return err
+	}
+	unames, err := sortedNames(filepath.Join(d.upper, rel))
+	if err != nil {
+		return err
+	}
+	i, j := 0, 0
+	for i < len(lnames) || j < len(unames) {
+		if err := d.checkCtx(); err != nil {
+			return err
+		}
+		switch {
+		case j == len(unames) || (i < len(lnames) && lnames[i] < unames[j]):
+			d.emit(joinLayerPath(rel, lnames[i]), ChangeDelete)
+			i++
+		case i == len(lnames) || unames[j] < lnames[i]:
+			p := joinLayerPath(rel, unames[j])
+			d.emit(p, ChangeAdd)
+			if err := d.addTreeIfDir(p); err != nil {
+				return err
+			}
+			j++
+		default:
+			if err := d.compareEntry(joinLayerPath(rel, unames[j])); err != nil {
+				return err
+			}
+			i++
+			j++
+		}
+	}
+	return nil
+}
+
+// compareEntry handles a path present in both trees.
+func (d *differ) compareEntry(p string) error {
+	lp, up := filepath.Join(d.lower, p), filepath.Join(d.upper, p)
+	ls, err := lstatNoFollow(lp)
+	if err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	us, err := lstatNoFollow(up)
+	if err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	ldir := ls.Mode&unix.S_IFMT == unix.S_IFDIR
+	udir := us.Mode&unix.S_IFMT == unix.S_IFDIR
+	if ldir != udir {
+		d.emit(p, ChangeDelete)
+		d.emit(p, ChangeAdd)
+		if udir {
+			return d.addTree(p)
+		}
+		return nil
+	}
+	same, err := sameEntry(lp, up, &ls, &us)
+	if err != nil {
+		return fmt.Errorf("changes: compare %s: %w", p, err)
+	}
+	if !same {
+		d.emit(p, ChangeModify)
+	}
+	if udir {
+		return d.compareDir(p)
+	}
+	return nil
+}
+
+// addTreeIfDir reports every descendant of p as added when p is a
+// directory in upper.
+func (d *differ) addTreeIfDir(p string) error {
+	st, err := lstatNoFollow(filepath.Join(d.upper, p))
+	if err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil
+	}
+	return d.addTree(p)
+}
+
+// addTree reports every descendant of directory p of upper as added, in
+// component order.
+func (d *differ) addTree(p string) error {
+	if err := d.ctx.Err(); err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	names, err := sortedNames(filepath.Join(d.upper, p))
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := d.checkCtx(); err != nil {
+			return err
+		}
+		c := joinLayerPath(p, n)
+		d.emit(c, ChangeAdd)
+		if err := d.addTreeIfDir(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameEntry compares two entries of the same kind (both directories or
+// both not) by the rules documented on Changes.
+func sameEntry(lp, up string, ls, us *unix.Stat_t) (bool, error) {
+	if ls.Dev == us.Dev && ls.Ino == us.Ino {
+		return true, nil
+	}
+	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid ||
+		ls.Mtim != us.Mtim {
+		return false, nil
+	}
+	typ := us.Mode & unix.S_IFMT
+	if typ != unix.S_IFDIR {
+		if ls.Size != us.Size {
+			return false, nil
+		}
+		if (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && ls.Rdev != us.Rdev {
+			return false, nil
+		}
+	}
+	if eq, err := sameXattrs(lp, up); err != nil || !eq {
+		return false, err
+	}
+	switch typ {
+	case unix.S_IFLNK:
+		// Same size means same target length only; reading two links is
+		// cheap, so always compare the targets.
+		lt, err := os.Readlink(lp)
+		if err != nil {
+			return false, err
+		}
+		ut, err := os.Readlink(up)
+		if err != nil {
+			return false, err
+		}
+		return lt == ut, nil
+	case unix.S_IFREG:
+		if us.Mtim.Nsec == 0 && us.Size > 0 {
+			return sameContent(lp, up)
+		}
+	}
+	return true, nil
+}
+
+// sameXattrs compares the attributes of two entries that Export would
+// write.
+func sameXattrs(lp, up string) (bool, error) {
+	la, err := exportXattrs(lp)
+	if err != nil {
+		return false, err
+	}
+	ua, err := exportXattrs(up)
+	if err != nil {
+		return false, err
+	}
+	if len(la) != len(ua) {
+		return false, nil
+	}
+	for k, v := range la {
+		if w, ok := ua[k]; !ok || !bytes.Equal(v, w) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// exportXattrs returns the attributes of path that belong in a layer.
+func exportXattrs(path string) (map[string][]byte, error) {
+	all, err := xattr.All(path)
+	if err != nil {
+		return nil, err
+	}
+	for k := range all {
+		if !exportXattr(k) {
+			delete(all, k)
+		}
+	}
+	return all, nil
+}
+
+// exportXattr says whether attribute name travels in a layer tar.
+// Overlay-internal attributes steer the kernel and must never leave the
+// host (DESIGN.md). security.selinux is a label the host's policy gave the
+// file where it was built; it means nothing on another host (which labels
+// files itself on apply or mount) and would make digests depend on the
+// build host, so it is dropped as buildkit and containerd do.
+func exportXattr(name string) bool {
+	return !xattr.IsOverlayInternal(name) && name != "security.selinux"
+}
+
+// sameContent compares two regular files of equal size byte by byte.
+func sameContent(lp, up string) (bool, error) {
+	lf, err := os.Open(lp)
+	if err != nil {
+		return false, err
+	}
+	defer lf.Close()
+	uf, err := os.Open(up)
+	if err != nil {
+		return false, err
+	}
+	defer uf.Close()
+	const chunk = 64 << 10
+	lb := make([]byte, chunk)
+	ub := make([]byte, chunk)
+	for {
+		ln, lerr := io.ReadFull(lf, lb)
+		un, uerr := io.ReadFull(uf, ub)
+		if !bytes.Equal(lb[:ln], ub[:un]) {
+			return false, nil
+		}
+		lend := lerr == io.EOF || lerr == io.ErrUnexpectedEOF
+		uend := uerr == io.EOF || uerr == io.ErrUnexpectedEOF
+		if lerr != nil && !lend {
+			return false, lerr
+		}
+		if uerr != nil && !uend {
+			return false, uerr
+		}
+		if lend || uend {
+			return lend == uend, nil
+		}
+	}
+}
+
+// sortedNames lists a directory's entry names in byte order.
+func sortedNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("changes: %w", err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("changes: read directory %s: %w", dir, err)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func lstatNoFollow(path string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return st, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	return st, nil
+}
+
+// joinLayerPath joins an absolute layer path and a name.
+func joinLayerPath(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
+
+// ComparePaths orders absolute layer paths component by component: a
+// directory sorts right before its descendants, and "/a/b" before "/a.b"
+// and "/a-b" (a plain string sort would put "/a-b" and "/a.b" between "/a"
+// and "/a/b", separating a directory from its children). This is the order
+// of Changes, of Export's tar entries, and of a depth-first walk that lists
+// each directory in byte order.
+func ComparePaths(a, b string) int {
+	for {
+		if a == b {
+			return 0
+		}
+		ca, ra, _ := strings.Cut(strings.TrimPrefix(a, "/"), "/")
+		cb, rb, _ := strings.Cut(strings.TrimPrefix(b, "/"), "/")
+		if ca != cb {
+			// "" (the root, or a shorter path) sorts first.
+			return strings.Compare(ca, cb)
+		}
+		if ra == "" || rb == "" {
+			return strings.Compare(ra, rb)
+		}
+		a, b = ra, rb
+	}
+}
+
+// SortChanges sorts changes in place into the order Changes returns: by
+// path in component order (ComparePaths), and for one path a Delete before
+// the Add or Modify that replaces it. Drivers that list changes natively
+// sort with it before calling Export.
+func SortChanges(changes []Change) {
+	sort.SliceStable(changes, func(i, j int) bool {
+		if c := ComparePaths(changes[i].Path, changes[j].Path); c != 0 {
+			return c < 0
+		}
+		return changes[i].Kind == ChangeDelete && changes[j].Kind != ChangeDelete
+	})
 }

@@ -1,16 +1,330 @@
 package diff
 
 import (
+	"archive/tar"
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ExportOptions tune Export.
-type ExportOptions struct{}
+type ExportOptions struct {
+	// SourceDateEpoch, when set, clamps every mtime later than it down to
+	// it (the SOURCE_DATE_EPOCH convention of reproducible builds, as
+	// buildkit and umoci apply it): rebuilding the same content at another
+	// time then gives the same layer digest. Earlier mtimes are kept.
+	SourceDateEpoch *time.Time
+}
+
+// whiteoutTime is the mtime of whiteout and opaque marker entries. They are
+// never materialised as files, so any fixed value will do; a fixed one
+// (the epoch) keeps the tar a function of the tree alone.
+var whiteoutTime = time.Unix(0, 0)
 
 // Export writes changes as an uncompressed OCI layer tar to w, reading the
-// content of added and modified paths from root.
+// content of added and modified paths from root (the upper tree the changes
+// were computed against).
+//
+// The tar is deterministic: the same tree and changes give the same bytes,
+// hence the same diffID. Entries come in component order (ComparePaths);
+// changes are sorted first, so callers may pass them in any order. Headers
+// are PAX with numeric owners only (no user or group names, which depend on
+// the host's databases), mtimes to the nanosecond, no atime or ctime, and
+// xattrs as SCHILY.xattr records (overlay-internal ones and security.selinux
+// are never written, see exportXattr).
+//
+// Every parent directory of a changed path is written too, with its
+// attributes from root, even when unchanged, so that the tar is
+// self-contained for any applier (containerd does the same).
+//
+// A Delete is written as a ".wh.NAME" whiteout. A Delete followed by an Add
+// of the same path (a replacement, as Changes reports a directory replaced
+// by a file or the reverse, and as overlay's native differ reports an
+// opaque directory) becomes, when the new entry is a directory, the
+// directory followed by its ".wh..wh..opq" opaque marker, so that nothing
+// of the old directory shows through; when the new entry is not a
+// directory, the whiteout is written right before the new entry.
+//
+// Regular files that are hardlinked to each other within the exported set
+// are written once, by the first in order; the others become hardlink
+// entries naming it. Sockets cannot be represented in a tar and are skipped
+// silently. A path in changes that no longer exists in root is an error.
 func Export(ctx context.Context, w io.Writer, root string, changes []Change, opts ExportOptions) error {
-	return errors.New("diff.Export: not implemented")
+	sorted := make([]Change, len(changes))
+	copy(sorted, changes)
+	SortChanges(sorted)
+
+	e := &exporter{
+		ctx:     ctx,
+		tw:      tar.NewWriter(w),
+		root:    root,
+		opts:    opts,
+		written: make(map[string]bool),
+		links:   make(map[inodeKey]string),
+		buf:     make([]byte, 128<<10),
+	}
+	for i := 0; i < len(sorted); i++ {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		c := sorted[i]
+		if err := checkChangePath(c.Path); err != nil {
+			return err
+		}
+		if c.Kind == ChangeDelete {
+			// Several Deletes of one path (callers may merge lists) are one.
+			for i+1 < len(sorted) && sorted[i+1].Path == c.Path && sorted[i+1].Kind == ChangeDelete {
+				i++
+			}
+			replaced := i+1 < len(sorted) && sorted[i+1].Path == c.Path
+			if replaced {
+				i++
+			}
+			if err := e.deleted(c.Path, replaced); err != nil {
+				return err
+			}
+			continue
+		}
+		if e.written[c.Path] {
+			continue // Add and Modify of one path: write it once
+		}
+		if err := e.entry(c.Path); err != nil {
+			return err
+		}
+	}
+	if err := e.tw.Close(); err != nil {
+		return fmt.Errorf("export: finish tar: %w", err)
+	}
+	return nil
+}
+
+// WriteDiff writes the changes from lower to upper as an uncompressed layer
+// tar to w: Changes followed by Export of upper. lower "" is an empty tree,
+// so the tar holds all of upper.
+func WriteDiff(ctx context.Context, w io.Writer, lower, upper string, opts ExportOptions) error {
+	changes, err := Changes(ctx, lower, upper)
+	if err != nil {
+		return err
+	}
+	return Export(ctx, w, upper, changes, opts)
+}
+
+// checkChangePath rejects paths that would not name an entry inside the
+// layer: the tar names are derived from them, and a ".." or a relative path
+// would write outside it on some appliers.
+func checkChangePath(p string) error {
+	if !strings.HasPrefix(p, "/") || p == "/" || path.Clean(p) != p {
+		return fmt.Errorf("export %q: change path must be absolute, clean and not /", p)
+	}
+	return nil
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+// exporter holds the state of one Export.
+type exporter struct {
+	ctx     context.Context
+	tw      *tar.Writer
+	root    string
+	opts    ExportOptions
+	written map[string]bool     // layer paths already in the tar (directories and entries)
+	links   map[inodeKey]string // first tar name of each hardlinked regular file written
+	buf     []byte
+}
+
+// deleted writes the whiteout of p, or, when p was replaced by a new entry,
+// the new entry with what hides the old one.
+func (e *exporter) deleted(p string, replaced bool) error {
+	dir, name := path.Split(p)
+	dir = path.Clean(dir)
+	if err := e.parents(p); err != nil {
+		return err
+	}
+	if replaced {
+		st, err := lstatNoFollow(filepath.Join(e.root, p))
+		if err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if err := e.entry(p); err != nil {
+				return err
+			}
+			return e.marker(tarName(p, true) + WhiteoutOpaqueDir)
+		}
+	}
+	if err := e.marker(tarName(dir, true) + WhiteoutPrefix + name); err != nil {
+		return err
+	}
+	if replaced {
+		return e.entry(p)
+	}
+	return nil
+}
+
+// marker writes a whiteout or opaque marker: an empty regular file with
+// mode 0, owner 0:0 and a fixed mtime, as the image-spec describes them.
+func (e *exporter) marker(name string) error {
+	hdr := &tar.Header{
+		Typeflag: tar.TypeReg,
+		Name:     name,
+		ModTime:  whiteoutTime,
+		Format:   tar.FormatPAX,
+	}
+	if err := e.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("export %s: %w", name, err)
+	}
+	return nil
+}
+
+// parents writes every ancestor directory of p not written yet.
+func (e *exporter) parents(p string) error {
+	dir := path.Dir(p)
+	if dir == "/" || e.written[dir] {
+		return nil
+	}
+	if err := e.parents(dir); err != nil {
+		return err
+	}
+	st, err := lstatNoFollow(filepath.Join(e.root, dir))
+	if err != nil {
+		return fmt.Errorf("export %s: parent: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("export %s: parent %s is not a directory in %s", p, dir, e.root)
+	}
+	return e.writeEntry(dir, &st)
+}
+
+// entry writes path p of root with its parents.
+func (e *exporter) entry(p string) error {
+	if err := e.parents(p); err != nil {
+		return err
+	}
+	st, err := lstatNoFollow(filepath.Join(e.root, p))
+	if err != nil {
+		return fmt.Errorf("export %s: %w", p, err)
+	}
+	return e.writeEntry(p, &st)
+}
+
+// writeEntry writes the header (and content) of p, whose lstat is st.
+func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
+	e.written[p] = true
+	full := filepath.Join(e.root, p)
+	typ := st.Mode & unix.S_IFMT
+	hdr := &tar.Header{
+		Name:    tarName(p, typ == unix.S_IFDIR),
+		Mode:    int64(st.Mode & 0o7777),
+		Uid:     int(st.Uid),
+		Gid:     int(st.Gid),
+		ModTime: e.mtime(st),
+		Format:  tar.FormatPAX,
+	}
+	switch typ {
+	case unix.S_IFDIR:
+		hdr.Typeflag = tar.TypeDir
+	case unix.S_IFREG:
+		hdr.Typeflag = tar.TypeReg
+		hdr.Size = st.Size
+		if st.Nlink > 1 {
+			key := inodeKey{uint64(st.Dev), st.Ino}
+			if first, ok := e.links[key]; ok {
+				hdr.Typeflag = tar.TypeLink
+				hdr.Linkname = first
+				hdr.Size = 0
+				// The link shares the first entry's inode: its
+				// xattrs were written there.
+				if err := e.tw.WriteHeader(hdr); err != nil {
+					return fmt.Errorf("export %s: %w", p, err)
+				}
+				return nil
+			}
+			e.links[key] = hdr.Name
+		}
+	case unix.S_IFLNK:
+		hdr.Typeflag = tar.TypeSymlink
+		target, err := os.Readlink(full)
+		if err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		hdr.Linkname = target
+	case unix.S_IFCHR, unix.S_IFBLK:
+		hdr.Typeflag = tar.TypeChar
+		if typ == unix.S_IFBLK {
+			hdr.Typeflag = tar.TypeBlock
+		}
+		hdr.Devmajor = int64(unix.Major(uint64(st.Rdev)))
+		hdr.Devminor = int64(unix.Minor(uint64(st.Rdev)))
+	case unix.S_IFIFO:
+		hdr.Typeflag = tar.TypeFifo
+	case unix.S_IFSOCK:
+		return nil // a tar cannot hold a socket; it is recreated by whoever binds it
+	default:
+		return fmt.Errorf("export %s: unsupported file type %#o", p, typ)
+	}
+	xattrs, err := exportXattrs(full)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", p, err)
+	}
+	if len(xattrs) > 0 {
+		hdr.PAXRecords = make(map[string]string, len(xattrs))
+		for k, v := range xattrs {
+			// archive/tar sorts PAX records when writing, so map order
+			// does not leak into the bytes.
+			hdr.PAXRecords["SCHILY.xattr."+k] = string(v)
+		}
+	}
+	if err := e.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("export %s: %w", p, err)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		return e.copyContent(p, full, hdr.Size)
+	}
+	return nil
+}
+
+// copyContent writes exactly size bytes of file full. A file that shrank
+// since it was stat'ed is an error (the header already promised size
+// bytes); growth past size is not seen, as with any tar of a live tree.
+func (e *exporter) copyContent(p, full string, size int64) error {
+	f, err := os.Open(full)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", p, err)
+	}
+	defer f.Close()
+	n, err := io.CopyBuffer(e.tw, io.LimitReader(f, size), e.buf)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", p, err)
+	}
+	if n != size {
+		return fmt.Errorf("export %s: file shrank while being read (%d of %d bytes): %w", p, n, size, io.ErrUnexpectedEOF)
+	}
+	return nil
+}
+
+// mtime returns st's mtime, clamped to SourceDateEpoch when set.
+func (e *exporter) mtime(st *unix.Stat_t) time.Time {
+	t := time.Unix(int64(st.Mtim.Sec), int64(st.Mtim.Nsec))
+	if e.opts.SourceDateEpoch != nil && t.After(*e.opts.SourceDateEpoch) {
+		t = *e.opts.SourceDateEpoch
+	}
+	return t
+}
+
+// tarName turns an absolute layer path into a tar entry name: relative,
+// with a trailing slash for directories (what docker, containerd and GNU
+// tar write, and what some appliers use to recognise directories).
+func tarName(p string, dir bool) string {
+	name := strings.TrimPrefix(p, "/")
+	if dir && name != "" {
+		name += "/"
+	}
+	return name
 }
