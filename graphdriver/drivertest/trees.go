@@ -1,0 +1,327 @@
+package drivertest
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/fixtures"
+)
+
+// treeCase is a stack of fixture layers: each is applied with ApplyDiff to a
+// layer created on the previous one, and the top must show exactly the
+// tree the fixtures oracle computes. Then the top is diffed against its
+// parent and that tar applied to a fresh layer on the same parent, which
+// must show the same tree (the diff -> apply round trip).
+type treeCase struct {
+	name  string
+	needs []string // features probed first; the case skips without them
+	// layers returns the entries of each layer, bottom first.
+	layers      func() [][]fixtures.Entry
+	noRoundTrip bool
+	// check runs extra checks on the mounted top layer.
+	check func(h *harness, root string)
+}
+
+func runTreeCase(h *harness, c treeCase) {
+	for _, f := range c.needs {
+		h.need(f)
+	}
+	layers := c.layers()
+	if len(layers) == 0 {
+		h.t.Skip("fixture unavailable on this host (see the fixtures package tests)")
+	}
+	parent, top := "", ""
+	for i, l := range layers {
+		parent, top = top, fmt.Sprintf("L%03d", i)
+		h.layer(top, parent, l...)
+	}
+	h.check(top, h.expect(layers...))
+	if c.check != nil {
+		h.with(top, func(root string) { c.check(h, root) })
+	}
+	if !c.noRoundTrip && !h.t.Failed() {
+		h.roundTrip(top, parent)
+	}
+}
+
+// roundTrip diffs name against parent, applies the tar to a new layer on
+// parent and compares both trees: everything a tree holds must survive.
+func (h *harness) roundTrip(name, parent string) {
+	h.t.Helper()
+	tar := h.diffTar(name, parent)
+	copyName := name + "-roundtrip"
+	h.create(copyName, parent)
+	h.apply(copyName, parent, bytes.NewReader(tar))
+	want, got := h.snap(name), h.snap(copyName)
+	if diffs := fixtures.Compare(want, got); len(diffs) > 0 {
+		h.t.Errorf("diff -> apply round trip of layer %s on %q: the applied copy differs (want = original, got = copy), %d difference(s):\n  %s",
+			name, parent, len(diffs), strings.Join(limit(diffs, 40), "\n  "))
+	}
+}
+
+func limit(lines []string, n int) []string {
+	if len(lines) <= n {
+		return lines
+	}
+	return append(lines[:n:n], fmt.Sprintf("... and %d more", len(lines)-n))
+}
+
+func layers(ls ...[]fixtures.Entry) func() [][]fixtures.Entry {
+	return func() [][]fixtures.Entry { return ls }
+}
+
+type E = fixtures.Entry
+
+var (
+	dir      = fixtures.Dir
+	file     = fixtures.File
+	symlink  = fixtures.Symlink
+	hardlink = fixtures.Hardlink
+	whiteout = fixtures.Whiteout
+	opaque   = fixtures.Opaque
+	owner    = fixtures.Owner
+	mtime    = fixtures.Mtime
+	xattr    = fixtures.Xattr
+)
+
+// baseLayer is a small but typical image layer.
+func baseLayer() []E {
+	return []E{
+		dir("bin", 0o755),
+		file("bin/sh", "#!shell\n", 0o755),
+		dir("etc", 0o755),
+		file("etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644),
+		file("etc/shadow", "root:*:1::::::\n", 0o640, owner(0, 42)),
+		dir("usr", 0o755),
+		dir("usr/lib", 0o755),
+		file("usr/lib/libc.so", strings.Repeat("elf", 3000), 0o755),
+		symlink("lib", "usr/lib"),
+		hardlink("bin/bash", "bin/sh", fixtures.Mode(0o755)),
+		dir("var", 0o755),
+		dir("var/empty", 0o700),
+	}
+}
+
+// chain returns n layers, layer i adding /layers/fNNN; the first also
+// makes /layers and the bottom file.
+func chain(n int) func() [][]fixtures.Entry {
+	return func() [][]fixtures.Entry {
+		ls := [][]E{{dir("layers", 0o755), file("bottom", "from the bottom layer", 0o644)}}
+		for i := 1; i < n; i++ {
+			ls = append(ls, []E{dir("layers", 0o755), file(fmt.Sprintf("layers/f%03d", i), fmt.Sprint(i), 0o644)})
+		}
+		return ls
+	}
+}
+
+// emptyAbove returns n layers: a file at the bottom, nothing above it, so
+// only the depth of the stack is tested (cs/moby DeepLayerRead, ctrd
+// 128LayersMount).
+func emptyAbove(n int) func() [][]fixtures.Entry {
+	return func() [][]fixtures.Entry {
+		ls := make([][]E, n)
+		ls[0] = []E{file("bottom", "from the bottom layer", 0o644)}
+		return ls
+	}
+}
+
+func treeCases() []treeCase {
+	past := time.Date(1901, 12, 13, 20, 45, 52, 0, time.UTC) // near the 32-bit minimum
+	past2 := time.Date(1969, 12, 31, 23, 59, 59, 500000000, time.UTC)
+	future := time.Date(2106, 2, 7, 6, 28, 16, 999999999, time.UTC) // past the 32-bit unsigned maximum
+	future2 := time.Date(2038, 1, 19, 3, 14, 8, 123456789, time.UTC)
+	sub := time.Date(2021, 6, 1, 12, 0, 0, 123456789, time.UTC)
+
+	longComp := strings.Repeat("L", 255)
+	var longDirs []E
+	deep := ""
+	for i := 0; i < 16; i++ { // 16 * 246 bytes: a path of ~3950 bytes
+		deep += fmt.Sprintf("%s%02d", strings.Repeat("d", 243), i) + "/"
+		longDirs = append(longDirs, dir(deep, 0o755))
+	}
+	deepFile := deep + "leaf"
+
+	return []treeCase{
+		{name: "CreateBase", layers: layers(baseLayer())},
+		{name: "EmptyLayer", layers: layers(baseLayer(), nil)},
+		{name: "ParentChain", layers: layers(
+			baseLayer(),
+			[]E{dir("etc", 0o755), file("etc/hostname", "one\n", 0o644)},
+			[]E{dir("etc", 0o755), file("etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644)},
+			[]E{dir("app", 0o755), file("app/run", "run", 0o755)},
+		)},
+		{name: "DeepLayerRead128", layers: emptyAbove(128), check: func(h *harness, root string) {
+			h.checkFile(root, "bottom", "from the bottom layer")
+		}},
+		{name: "DeepChain200", layers: chain(200), check: func(h *harness, root string) {
+			h.checkFile(root, "bottom", "from the bottom layer")
+			h.checkFile(root, "layers/f199", "199")
+		}},
+		{name: "WhiteoutFile", layers: layers(baseLayer(), []E{dir("etc", 0o755), whiteout("etc/shadow")})},
+		{name: "WhiteoutDir", layers: layers(
+			append(baseLayer(), dir("var/lib", 0o755), dir("var/lib/x", 0o755), file("var/lib/x/y", "y", 0o644)),
+			[]E{whiteout("var/lib")},
+		)},
+		{name: "WhiteoutSymlink", layers: layers(baseLayer(), []E{whiteout("lib")}), check: func(h *harness, root string) {
+			h.checkFile(root, "usr/lib/libc.so", strings.Repeat("elf", 3000))
+		}},
+		{name: "WhiteoutHardlinkName", layers: layers(baseLayer(), []E{whiteout("bin/bash")})},
+		{name: "WhiteoutOwnLayerBefore", layers: layers(baseLayer(), []E{dir("etc", 0o755), whiteout("etc/passwd"), file("etc/passwd", "new", 0o600)})},
+		{name: "WhiteoutOwnLayerAfter", layers: layers(baseLayer(), []E{dir("etc", 0o755), file("etc/passwd", "new", 0o600), whiteout("etc/passwd")})},
+		{name: "OpaqueBeforeEntries", layers: layers(
+			baseLayer(),
+			[]E{dir("etc", 0o711), opaque("etc"), file("etc/only", "only", 0o644), dir("etc/sub", 0o755)},
+		)},
+		{name: "OpaqueAfterEntries", layers: layers(
+			baseLayer(),
+			[]E{dir("etc", 0o711), file("etc/only", "only", 0o644), dir("etc/sub", 0o755), opaque("etc")},
+		)},
+		{name: "OpaqueRecreate", layers: layers( // rm -rf d && mkdir d (ggcr#2029)
+			append(baseLayer(), dir("var/d", 0o755), dir("var/d/x", 0o755), file("var/d/x/f", "f", 0o644)),
+			[]E{dir("var/d", 0o755), opaque("var/d")},
+			[]E{dir("var/d", 0o755), file("var/d/again", "a", 0o644)},
+		)},
+		{name: "FileToDir", layers: layers(
+			baseLayer(),
+			[]E{dir("etc/passwd", 0o750), file("etc/passwd/inside", "i", 0o644)},
+		)},
+		{name: "DirToFile", layers: layers(
+			append(baseLayer(), dir("var/d", 0o755), file("var/d/f", "f", 0o644)),
+			[]E{file("var/d", "now a file", 0o600)},
+		)},
+		{name: "SymlinkToDir", layers: layers(baseLayer(), []E{dir("lib", 0o755), file("lib/own", "own", 0o644)}),
+			check: func(h *harness, root string) {
+				h.checkFile(root, "usr/lib/libc.so", strings.Repeat("elf", 3000))
+			}},
+		{name: "DirRelisted", layers: layers(
+			baseLayer(),
+			[]E{dir("etc", 0o700, owner(1000, 1000), mtime(sub), xattr("user.relisted", "1"))},
+		), needs: []string{"user xattrs", "chown"}},
+		{name: "HardlinkSameLayer", layers: layers([]E{
+			dir("d", 0o755),
+			file("d/a", "shared", 0o640, owner(7, 8), mtime(sub)),
+			hardlink("d/b", "d/a", fixtures.Mode(0o640), owner(7, 8), mtime(sub)),
+			hardlink("c", "d/a", fixtures.Mode(0o640), owner(7, 8), mtime(sub)),
+		})},
+		{name: "HardlinkToLower", layers: layers(
+			baseLayer(),
+			[]E{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
+		)},
+		{name: "HardlinkToLowerThenOverwrite", layers: layers( // ggcr#2002, image-spec#1204
+			baseLayer(),
+			[]E{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
+			[]E{dir("etc", 0o755), file("etc/passwd", "overwritten", 0o644)},
+		)},
+		{name: "Symlinks", layers: layers([]E{
+			dir("d", 0o755),
+			file("d/target", "t", 0o644),
+			symlink("d/relative", "target"),
+			symlink("d/up", "../d/target"),
+			symlink("absolute", "/d/target"),
+			symlink("dangling", "/does/not/exist"),
+			symlink("loop1", "loop2"),
+			symlink("loop2", "loop1"),
+			symlink("d/symlinkdir", "."),
+		})},
+		{name: "SymlinkDirInLower", layers: layers(
+			[]E{
+				dir("real", 0o755),
+				symlink("rel", "real"),
+				symlink("abs", "/real"),
+				symlink("escape", "../../../../real"),
+			},
+			[]E{
+				file("rel/via-relative", "1", 0o644),
+				file("abs/via-absolute", "2", 0o644),
+				file("escape/via-escape", "3", 0o644),
+			},
+		), check: func(h *harness, root string) {
+			h.checkFile(root, "real/via-relative", "1")
+			h.checkFile(root, "real/via-absolute", "2")
+			h.checkFile(root, "real/via-escape", "3")
+		}},
+		{name: "XattrsUser", needs: []string{"user xattrs"}, layers: layers([]E{
+			dir("d", 0o755, xattr("user.dir", "on a dir")),
+			file("d/f", "x", 0o644, xattr("user.a", "1"), xattr("user.binary", "\x00\xff\x01"), xattr("user.empty", "")),
+		})},
+		{name: "XattrsSecurityCapability", needs: []string{"security.capability"}, layers: layers([]E{
+			file("ping", "elf", 0o755, xattr("security.capability", string(capNetBind))),
+		})},
+		{name: "XattrsTrusted", needs: []string{"trusted xattrs"}, layers: layers([]E{
+			file("f", "x", 0o644, xattr("trusted.layers-test", "t")),
+		})},
+		{name: "OverlayXattrsDropped", needs: []string{"trusted xattrs"}, layers: layers([]E{
+			dir("d", 0o755, xattr("trusted.overlay.opaque", "y"), xattr("trusted.overlay.redirect", "/etc")),
+			file("d/f", "x", 0o644, xattr("user.overlay.origin", "z"), xattr("trusted.kept", "k")),
+		})},
+		{name: "SpecialModes", layers: layers([]E{
+			file("setuid", "x", 0o4755),
+			file("setgid", "x", 0o2755, owner(0, 50)),
+			file("both", "x", 0o6711),
+			dir("sticky", 0o1777),
+			dir("setgid-dir", 0o2775, owner(0, 50)),
+			file("no-perms", "x", 0o000),
+			dir("no-perms-dir", 0o000),
+		})},
+		{name: "HighUIDGID", needs: []string{"chown"}, layers: layers([]E{
+			file("u65536", "x", 0o644, owner(65536, 65536)),
+			file("u100000", "x", 0o644, owner(100000, 200000)),
+			dir("huge", 0o755, owner(2147483647, 4294967294)),
+			symlink("huge/link", "x", owner(4000000000, 3000000000)),
+		})},
+		{name: "Mtimes", layers: layers([]E{
+			dir("d", 0o755, mtime(past)),
+			file("d/subsecond", "x", 0o644, mtime(sub)),
+			file("d/pre1970", "x", 0o644, mtime(past2)),
+			file("d/after2038", "x", 0o644, mtime(future2)),
+			file("d/after2106", "x", 0o644, mtime(future)),
+			symlink("d/link", "subsecond", mtime(past2)),
+			fixtures.Fifo("d/fifo", 0o644, mtime(sub)),
+			dir("d/sub", 0o755, mtime(future)),
+		})},
+		{name: "DevicesAndFifos", needs: []string{"devices"}, layers: layers([]E{
+			dir("dev", 0o755),
+			fixtures.CharDev("dev/null", 1, 3, 0o666),
+			fixtures.CharDev("dev/big", 4095, 1048575, 0o600), // the largest major/minor Linux has
+			fixtures.BlockDev("dev/loop0", 7, 0, 0o660, owner(0, 6)),
+			fixtures.Fifo("dev/fifo", 0o620),
+		})},
+		{name: "LongNames", layers: layers(append(longDirs,
+			file(longComp, "255 bytes", 0o644),
+			dir(strings.Repeat("D", 255), 0o755),
+			file(strings.Repeat("D", 255)+"/"+longComp, "two long components", 0o644),
+			file(deepFile, "about 4000 bytes deep", 0o644),
+			symlink("long-target", strings.Repeat("t/", 2000)),
+		))},
+		{name: "UnicodeNames", layers: layers([]E{
+			dir("日本語", 0o755),
+			file("日本語/ファイル", "ja", 0o644),
+			file("naïve café", "fr", 0o644),
+			file("emoji-😀", "e", 0o644),
+			file("tab\tname", "t", 0o644),
+			file("newline\nname", "n", 0o644),
+			file(`back\slash`, "b", 0o644),
+			file(`quote"d`, "q", 0o644),
+			file("-dash", "d", 0o644),
+			file("\x01ctrl", "c", 0o644),
+			file("latin1-\xe9", "not utf-8", 0o644),
+			symlink("ünï-link", "日本語/ファイル"),
+		})},
+		{name: "Busybox", layers: func() [][]E {
+			es, err := fixtures.BusyboxEntries()
+			if err != nil {
+				return nil
+			}
+			return [][]E{es}
+		}, check: func(h *harness, root string) {
+			var st unix.Stat_t
+			if err := unix.Stat(root+"/bin/sh", &st); err != nil || st.Mode&0o111 == 0 {
+				h.t.Errorf("bin/sh does not resolve to an executable: %v", err)
+			}
+		}},
+	}
+}
