@@ -77,7 +77,10 @@ func ctSetXattr(t testing.TB, root, rel, name, value string) {
 func ctMknod(t testing.TB, root, rel string, mode uint32, major, minor uint32) {
 	t.Helper()
 	if err := unix.Mknod(filepath.Join(root, rel), mode, int(unix.Mkdev(major, minor))); err != nil {
-		t.Skipf("cannot ctMknod here: %v", err)
+		t.Skipf("cannot mknod here: %v", err)
+	}
+	if err := unix.Chmod(filepath.Join(root, rel), mode&0o7777); err != nil { // umask-proof
+		t.Fatal(err)
 	}
 }
 
