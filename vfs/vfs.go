@@ -1,0 +1,364 @@
+// Package vfs is the fallback graph driver: every layer is a plain
+// directory holding the full root filesystem, made by copying its parent.
+// It works on any filesystem and needs no mounts, at the price of a full
+// copy per layer; on xfs (reflink=1) and btrfs the copy clones file data
+// (FICLONE), so a layer costs inodes and metadata but no data blocks.
+//
+// Layout under the driver's home:
+//
+//	HOME/dir/<id>/   the layer's root filesystem; Get returns this path
+//	HOME/tmp/        layers being built or removed; emptied by New
+//
+// A layer is built under HOME/tmp and renamed into HOME/dir only when whole
+// (renameat2 RENAME_NOREPLACE, so two racing Creates of one ID cannot both
+// win), and Remove renames it out before deleting it, so a killed process
+// never leaves a half layer that looks whole.
+//
+// Whiteouts are stored by deleting (the delete whiteout format): a layer is
+// its parent's copy with the layer's changes applied, which the naive
+// ApplyDiff in package graphdriver already does.
+//
+// Storage options:
+//
+//	vfs.copy=auto|reflink|copy   how file data is copied from the parent:
+//	                             auto (default) clones where the filesystem
+//	                             can and copies otherwise; reflink requires
+//	                             cloning (New fails where it cannot); copy
+//	                             never shares extents (for benchmarks).
+package vfs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/graphdriver"
+	"github.com/layers-storage/layers/internal/fscopy"
+)
+
+// Name is the driver's registered name.
+const Name = "vfs"
+
+// Priority is the vfs driver's place when choosing a default: the lowest,
+// since it works everywhere but copies whole layers. Every other driver
+// registers with a higher priority.
+const Priority = 0
+
+func init() {
+	graphdriver.Register(graphdriver.Registration{Name: Name, Priority: Priority, New: New})
+}
+
+// Driver is the vfs driver. It is safe for concurrent use.
+type Driver struct {
+	home    string
+	dir     string // HOME/dir
+	tmp     string // HOME/tmp
+	mode    fscopy.ReflinkMode
+	reflink bool   // the filesystem of home can clone files
+	fsType  string // backing filesystem, for Status
+
+	mu   sync.Mutex
+	refs map[string]int // Gets not yet Put, per layer
+}
+
+var _ graphdriver.Driver = (*Driver)(nil)
+
+// New creates the vfs driver rooted at home, making home if needed, and
+// removes whatever a killed process left under HOME/tmp.
+func New(home string, options map[string]string) (graphdriver.Driver, error) {
+	mode := fscopy.ReflinkAuto
+	for key, val := range options {
+		switch key {
+		case "vfs.copy":
+			switch val {
+			case "auto":
+				mode = fscopy.ReflinkAuto
+			case "reflink":
+				mode = fscopy.ReflinkRequire
+			case "copy":
+				mode = fscopy.ReflinkNever
+			default:
+				return nil, graphdriver.InvalidOption(Name, key, val, errors.New("want auto, reflink or copy"))
+			}
+		default:
+			return nil, graphdriver.UnknownOption(Name, key)
+		}
+	}
+	d := &Driver{
+		home: home,
+		dir:  filepath.Join(home, "dir"),
+		tmp:  filepath.Join(home, "tmp"),
+		mode: mode,
+		refs: make(map[string]int),
+	}
+	for _, p := range []string{home, d.dir, d.tmp} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return nil, fmt.Errorf("vfs: %w", err)
+		}
+	}
+	if err := d.cleanTmp(); err != nil {
+		return nil, err
+	}
+	ok, err := fscopy.ReflinkSupported(d.tmp)
+	if err != nil {
+		return nil, fmt.Errorf("vfs: %w", err)
+	}
+	d.reflink = ok
+	d.fsType = fsTypeName(home)
+	if mode == fscopy.ReflinkRequire && !ok {
+		return nil, graphdriver.InvalidOption(Name, "vfs.copy", "reflink",
+			fmt.Errorf("the %s filesystem of %s cannot clone files (FICLONE)", d.fsType, home))
+	}
+	return d, nil
+}
+
+// cleanTmp removes layers left half-built or half-removed by a killed
+// process.
+func (d *Driver) cleanTmp() error {
+	ents, err := os.ReadDir(d.tmp)
+	if err != nil {
+		return fmt.Errorf("vfs: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(d.tmp, e.Name())); err != nil {
+			return fmt.Errorf("vfs: remove leftover %s: %w", e.Name(), err)
+		}
+	}
+	return nil
+}
+
+// String returns "vfs".
+func (d *Driver) String() string { return Name }
+
+// validID refuses IDs that are not one plain path element, so that no ID
+// reaches outside HOME/dir.
+func validID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("invalid layer ID %q", id)
+	}
+	return nil
+}
+
+func (d *Driver) path(id string) string { return filepath.Join(d.dir, id) }
+
+// Create makes layer id as a copy of parent (an empty root directory, 0755
+// and owned by root, when parent is ""). vfs takes no per-layer options.
+func (d *Driver) Create(id, parent string, opts *graphdriver.CreateOpts) error {
+	if err := d.create(id, parent, opts); err != nil {
+		return fmt.Errorf("create layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// CreateReadWrite makes a read-write layer; for vfs it is the same as
+// Create, since every layer is a writable directory.
+func (d *Driver) CreateReadWrite(id, parent string, opts *graphdriver.CreateOpts) error {
+	if err := d.create(id, parent, opts); err != nil {
+		return fmt.Errorf("create read-write layer %s: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err error) {
+	if err := validID(id); err != nil {
+		return err
+	}
+	if opts != nil {
+		for key := range opts.StorageOpt {
+			return graphdriver.UnknownOption(Name, key)
+		}
+	}
+	if d.Exists(id) {
+		return graphdriver.ErrLayerExists
+	}
+	var parentDir string
+	if parent != "" {
+		if err := validID(parent); err != nil {
+			return fmt.Errorf("parent: %w", err)
+		}
+		if !d.Exists(parent) {
+			return fmt.Errorf("parent %s: %w", parent, graphdriver.ErrLayerNotExist)
+		}
+		parentDir = d.path(parent)
+	}
+	tmp, err := d.tmpName("new-" + id)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	if parentDir == "" {
+		if err := os.Mkdir(tmp, 0o755); err != nil {
+			return err
+		}
+		// Mkdir's mode passes through the umask; the layer root must be
+		// exactly 0755 root:root whatever the caller's umask.
+		if err := os.Chmod(tmp, 0o755); err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(tmp, 0, 0); err != nil {
+				return err
+			}
+		}
+	} else {
+		if _, err := fscopy.Copy(context.Background(), parentDir, tmp, fscopy.Options{Reflink: d.mode}); err != nil {
+			return fmt.Errorf("copy parent %s: %w", parent, err)
+		}
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d.path(id), unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return graphdriver.ErrLayerExists
+		}
+		return fmt.Errorf("publish: %w", &os.LinkError{Op: "rename", Old: tmp, New: d.path(id), Err: err})
+	}
+	return nil
+}
+
+// tmpName returns a fresh path under HOME/tmp (not created).
+func (d *Driver) tmpName(prefix string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return filepath.Join(d.tmp, prefix+"-"+hex.EncodeToString(b[:])), nil
+}
+
+// Remove deletes layer id. Removing a layer that does not exist succeeds,
+// so that removal is idempotent: the store marks a layer removed and then
+// deletes it, and repeats the deletion after a crash. References from Get
+// are dropped (vfs mounts nothing, so paths handed out simply vanish).
+func (d *Driver) Remove(id string) error {
+	if err := validID(id); err != nil {
+		return fmt.Errorf("remove layer: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.refs, id)
+	d.mu.Unlock()
+	tmp, err := d.tmpName("rm-" + id)
+	if err != nil {
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	// Rename out first: the layer stops existing at once, atomically, and
+	// a crash during the slow delete leaves only HOME/tmp debris.
+	if err := os.Rename(d.path(id), tmp); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get returns the path of layer id's root filesystem and counts a
+// reference. vfs mounts nothing, so mount options are refused.
+func (d *Driver) Get(id string, opts graphdriver.MountOpts) (string, error) {
+	if err := validID(id); err != nil {
+		return "", fmt.Errorf("get layer: %w", err)
+	}
+	if len(opts.Options) > 0 {
+		return "", fmt.Errorf("get layer %s: vfs takes no mount options (got %q)", id, opts.Options)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.path(id)
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("get layer %s: %w", id, graphdriver.ErrLayerNotExist)
+	}
+	if err != nil {
+		return "", fmt.Errorf("get layer %s: %w", id, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("get layer %s: %s is not a directory", id, p)
+	}
+	d.refs[id]++
+	return p, nil
+}
+
+// Put releases a reference taken by Get. A Put without a matching Get (of
+// a layer never mounted, already removed or unknown) is a no-op returning
+// nil, as the conformance suite requires, so cleanup paths may call it.
+func (d *Driver) Put(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n := d.refs[id]; n > 1 {
+		d.refs[id] = n - 1
+	} else {
+		delete(d.refs, id)
+	}
+	return nil
+}
+
+// Exists reports whether layer id is present.
+func (d *Driver) Exists(id string) bool {
+	if validID(id) != nil {
+		return false
+	}
+	fi, err := os.Stat(d.path(id))
+	return err == nil && fi.IsDir()
+}
+
+// Status reports the backing filesystem and how layer data is copied.
+func (d *Driver) Status() []graphdriver.Status {
+	reflink := "no"
+	if d.reflink {
+		reflink = "yes"
+	}
+	used := "copy"
+	if d.reflink && d.mode != fscopy.ReflinkNever {
+		used = "reflink"
+	}
+	return []graphdriver.Status{
+		{Key: "Backing Filesystem", Value: d.fsType},
+		{Key: "Reflink Supported", Value: reflink},
+		{Key: "Copy Mode", Value: d.mode.String()},
+		{Key: "Layer Copies", Value: used},
+	}
+}
+
+// Cleanup releases the driver. vfs holds no mounts or fds; references are
+// forgotten.
+func (d *Driver) Cleanup() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.refs)
+	return nil
+}
+
+// fsTypeName names the filesystem holding path, for Status.
+func fsTypeName(path string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return "unknown"
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC:
+		return "extfs"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	case unix.NFS_SUPER_MAGIC:
+		return "nfs"
+	}
+	return fmt.Sprintf("%#x", st.Type)
+}
