@@ -195,6 +195,13 @@ func (d *decompressReader) Close() error {
 // given input, level and block size, which layer digests need. zstd uses
 // the library's default level with concurrency up to GOMAXPROCS.
 func CompressStream(w io.Writer, c Compression) (io.WriteCloser, error) {
+	return compressStreamN(w, c, runtime.GOMAXPROCS(0))
+}
+
+// compressStreamN is CompressStream with procs compressor goroutines. The
+// output must not depend on procs (blob digests must match across hosts);
+// TestCompressDeterministicAcrossConcurrency checks that.
+func compressStreamN(w io.Writer, c Compression, procs int) (io.WriteCloser, error) {
 	switch c {
 	case Uncompressed:
 		return nopWriteCloser{w}, nil
@@ -203,12 +210,12 @@ func CompressStream(w io.Writer, c Compression) (io.WriteCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compress gzip: %w", err)
 		}
-		if err := zw.SetConcurrency(1<<20, runtime.GOMAXPROCS(0)); err != nil {
+		if err := zw.SetConcurrency(1<<20, procs); err != nil {
 			return nil, fmt.Errorf("compress gzip: %w", err)
 		}
 		return zw, nil
 	case Zstd:
-		zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+		zw, err := zstd.NewWriter(w, zstd.WithEncoderConcurrency(procs))
 		if err != nil {
 			return nil, fmt.Errorf("compress zstd: %w", err)
 		}

@@ -304,3 +304,34 @@ func BenchmarkCompress(b *testing.B) {
 		})
 	}
 }
+
+// Layer blob digests must not depend on the host's CPU count.
+func TestCompressDeterministicAcrossConcurrency(t *testing.T) {
+	data := testPayload(5 << 20)
+	for _, c := range []Compression{Gzip, Zstd} {
+		var want []byte
+		for _, procs := range []int{1, 2, 8} {
+			var buf bytes.Buffer
+			w, err := compressStreamN(&buf, c, procs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Odd write sizes: block boundaries must not follow them.
+			for rest := data; len(rest) > 0; {
+				n := min(len(rest), 12345*procs)
+				if _, err := w.Write(rest[:n]); err != nil {
+					t.Fatal(err)
+				}
+				rest = rest[n:]
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if want == nil {
+				want = buf.Bytes()
+			} else if !bytes.Equal(want, buf.Bytes()) {
+				t.Errorf("%v: output with %d goroutines differs from 1 (%d vs %d bytes)", c, procs, buf.Len(), len(want))
+			}
+		}
+	}
+}
