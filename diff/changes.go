@@ -121,32 +121,34 @@ func (d *differ) compareDir(rel string) error {
 	if err := d.ctx.Err(); err != nil {
 		return fmt.Errorf("changes: %w", err)
 	}
-	lnames, err := sortedNames(filepath.Join(d.lower, rel))
+	lents, err := readDirStat(filepath.Join(d.lower, rel))
 	if err != nil {
 		return err
 	}
-	unames, err := sortedNames(filepath.Join(d.upper, rel))
+	uents, err := readDirStat(filepath.Join(d.upper, rel))
 	if err != nil {
 		return err
 	}
 	i, j := 0, 0
-	for i < len(lnames) || j < len(unames) {
+	for i < len(lents) || j < len(uents) {
 		if err := d.checkCtx(); err != nil {
 			return err
 		}
 		switch {
-		case j == len(unames) || (i < len(lnames) && lnames[i] < unames[j]):
-			d.emit(joinLayerPath(rel, lnames[i]), ChangeDelete)
+		case j == len(uents) || (i < len(lents) && lents[i].name < uents[j].name):
+			d.emit(joinLayerPath(rel, lents[i].name), ChangeDelete)
 			i++
-		case i == len(lnames) || unames[j] < lnames[i]:
-			p := joinLayerPath(rel, unames[j])
+		case i == len(lents) || uents[j].name < lents[i].name:
+			p := joinLayerPath(rel, uents[j].name)
 			d.emit(p, ChangeAdd)
-			if err := d.addTreeIfDir(p); err != nil {
-				return err
+			if isDir(&uents[j].st) {
+				if err := d.addTree(p); err != nil {
+					return err
+				}
 			}
 			j++
 		default:
-			if err := d.compareEntry(joinLayerPath(rel, unames[j])); err != nil {
+			if err := d.compareEntry(joinLayerPath(rel, uents[j].name), &lents[i].st, &uents[j].st); err != nil {
 				return err
 			}
 			i++
@@ -156,19 +158,9 @@ func (d *differ) compareDir(rel string) error {
 	return nil
 }
 
-// compareEntry handles a path present in both trees.
-func (d *differ) compareEntry(p string) error {
-	lp, up := filepath.Join(d.lower, p), filepath.Join(d.upper, p)
-	ls, err := lstatNoFollow(lp)
-	if err != nil {
-		return fmt.Errorf("changes: %w", err)
-	}
-	us, err := lstatNoFollow(up)
-	if err != nil {
-		return fmt.Errorf("changes: %w", err)
-	}
-	ldir := ls.Mode&unix.S_IFMT == unix.S_IFDIR
-	udir := us.Mode&unix.S_IFMT == unix.S_IFDIR
+// compareEntry handles path p present in both trees, with stats ls and us.
+func (d *differ) compareEntry(p string, ls, us *unix.Stat_t) error {
+	ldir, udir := isDir(ls), isDir(us)
 	if ldir != udir {
 		d.emit(p, ChangeDelete)
 		d.emit(p, ChangeAdd)
@@ -177,7 +169,7 @@ func (d *differ) compareEntry(p string) error {
 		}
 		return nil
 	}
-	same, err := sameEntry(lp, up, &ls, &us)
+	same, err := sameEntry(filepath.Join(d.lower, p), filepath.Join(d.upper, p), ls, us)
 	if err != nil {
 		return fmt.Errorf("changes: compare %s: %w", p, err)
 	}
@@ -190,40 +182,65 @@ func (d *differ) compareEntry(p string) error {
 	return nil
 }
 
-// addTreeIfDir reports every descendant of p as added when p is a
-// directory in upper.
-func (d *differ) addTreeIfDir(p string) error {
-	st, err := lstatNoFollow(filepath.Join(d.upper, p))
-	if err != nil {
-		return fmt.Errorf("changes: %w", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return nil
-	}
-	return d.addTree(p)
-}
-
 // addTree reports every descendant of directory p of upper as added, in
 // component order.
 func (d *differ) addTree(p string) error {
 	if err := d.ctx.Err(); err != nil {
 		return fmt.Errorf("changes: %w", err)
 	}
-	names, err := sortedNames(filepath.Join(d.upper, p))
+	ents, err := readDirStat(filepath.Join(d.upper, p))
 	if err != nil {
 		return err
 	}
-	for _, n := range names {
+	for i := range ents {
 		if err := d.checkCtx(); err != nil {
 			return err
 		}
-		c := joinLayerPath(p, n)
+		c := joinLayerPath(p, ents[i].name)
 		d.emit(c, ChangeAdd)
-		if err := d.addTreeIfDir(c); err != nil {
-			return err
+		if isDir(&ents[i].st) {
+			if err := d.addTree(c); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+// dirEntry is a directory entry with its lstat.
+type dirEntry struct {
+	name string
+	st   unix.Stat_t
+}
+
+// readDirStat lists directory dir in byte order of names, with each
+// entry's lstat. The entries are stat'ed relative to the open directory
+// (fstatat) rather than by full path: the kernel then resolves one name,
+// not the whole path, which is most of the differ's cost on deep trees.
+// The directory is closed before returning, so open descriptors do not
+// grow with the depth of the tree.
+func readDirStat(dir string) ([]dirEntry, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("changes: open directory %s: %w", dir, err)
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("changes: read directory %s: %w", dir, err)
+	}
+	sort.Strings(names)
+	ents := make([]dirEntry, len(names))
+	for i, n := range names {
+		ents[i].name = n
+		if err := unix.Fstatat(fd, n, &ents[i].st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, fmt.Errorf("changes: lstat %s: %w", filepath.Join(dir, n), err)
+		}
+	}
+	return ents, nil
 }
 
 // sameEntry compares two entries of the same kind (both directories or
@@ -348,21 +365,6 @@ func sameContent(lp, up string) (bool, error) {
 			return lend == uend, nil
 		}
 	}
-}
-
-// sortedNames lists a directory's entry names in byte order.
-func sortedNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, fmt.Errorf("changes: %w", err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("changes: read directory %s: %w", dir, err)
-	}
-	sort.Strings(names)
-	return names, nil
 }
 
 func lstatNoFollow(path string) (unix.Stat_t, error) {
