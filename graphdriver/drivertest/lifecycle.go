@@ -488,7 +488,13 @@ func testRemoveWithChildren(h *harness) {
 func testRemoveAfterCommit(h *harness) {
 	h.layer("base", "", baseLayer()...)
 	h.createRW("c", "base")
-	h.with("c", func(root string) { editTree(h, root) })
+	h.with("c", func(root string) {
+		// No hardlink edits here: DiffApply covers those, this case is
+		// about removal.
+		h.do("modify", os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("changed\n"), 0o644))
+		h.do("add", os.WriteFile(filepath.Join(root, "etc/new"), []byte("new\n"), 0o644))
+		h.do("delete", os.RemoveAll(filepath.Join(root, "usr")))
+	})
 	want := h.snap("c")
 	tarBytes := h.diffTar("c", "base")
 	h.create("committed", "base")
