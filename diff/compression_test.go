@@ -335,3 +335,29 @@ func TestCompressDeterministicAcrossConcurrency(t *testing.T) {
 		}
 	}
 }
+
+// eStargz layers are many gzip members back to back, zstd:chunked layers
+// many zstd frames with skippable frames between: all must decode whole.
+func TestCompressConcatenatedStreams(t *testing.T) {
+	a, b := testPayload(300<<10), []byte("second member")
+	for _, c := range []Compression{Gzip, Zstd} {
+		blob := append(compressBytes(t, a, c), compressBytes(t, b, c)...)
+		if c == Zstd {
+			// A skippable frame (magic 0x184D2A50, 4-byte length) in between.
+			skip := []byte{0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 'x', 'y', 'z'}
+			first := compressBytes(t, a, c)
+			blob = append(append(append([]byte{}, skip...), first...), append(skip, compressBytes(t, b, c)...)...)
+		}
+		r, got, err := DecompressStream(bytes.NewReader(blob))
+		if err != nil || got != c {
+			t.Fatalf("%v: %v %v", c, got, err)
+		}
+		out, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatalf("%v: %v", c, err)
+		}
+		if want := append(append([]byte{}, a...), b...); !bytes.Equal(out, want) {
+			t.Fatalf("%v: got %d bytes, want %d", c, len(out), len(want))
+		}
+	}
+}

@@ -55,7 +55,9 @@ var whiteoutTime = time.Unix(0, 0)
 // Regular files that are hardlinked to each other within the exported set
 // are written once, by the first in order; the others become hardlink
 // entries naming it. Sockets cannot be represented in a tar and are skipped
-// silently. A path in changes that no longer exists in root is an error.
+// silently, as is a change of "/" itself (the root has no entry in a layer
+// tar). A path in changes that no longer exists in root, or that is not
+// absolute and clean, is an error.
 func Export(ctx context.Context, w io.Writer, root string, changes []Change, opts ExportOptions) error {
 	sorted := make([]Change, len(changes))
 	copy(sorted, changes)
@@ -75,6 +77,12 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 			return fmt.Errorf("export: %w", err)
 		}
 		c := sorted[i]
+		if c.Path == "/" && c.Kind != ChangeDelete {
+			// The layer root has no entry of its own in a layer tar (its
+			// attributes are the mount point's); a native differ may
+			// still report it.
+			continue
+		}
 		if err := checkChangePath(c.Path); err != nil {
 			return err
 		}
@@ -294,7 +302,10 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 // since it was stat'ed is an error (the header already promised size
 // bytes); growth past size is not seen, as with any tar of a live tree.
 func (e *exporter) copyContent(p, full string, size int64) error {
-	f, err := os.Open(full)
+	// O_NOFOLLOW: the entry was lstat'ed as a regular file; if it has
+	// been swapped for a symlink since, fail rather than read whatever it
+	// points to (possibly outside root).
+	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", p, err)
 	}

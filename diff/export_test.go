@@ -429,11 +429,15 @@ func TestExportErrors(t *testing.T) {
 		ctParseChanges("A /file/below"), // parent is not a directory
 		ctParseChanges("A relative"),
 		ctParseChanges("A /a/../file"),
-		ctParseChanges("C /"),
+		ctParseChanges("D /"),
 	} {
 		if err := Export(ctx, io.Discard, upper, changes, ExportOptions{}); err == nil {
 			t.Errorf("Export(%v) succeeded", changes)
 		}
+	}
+	// A change of the root itself is not an entry.
+	if got := ctReadTar(t, ctExport(t, upper, ctParseChanges("C /", "A /file"), ExportOptions{})); !reflect.DeepEqual(ctNames(got), []string{"file"}) {
+		t.Errorf("C / exported as %q", ctNames(got))
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
