@@ -64,14 +64,15 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	SortChanges(sorted)
 
 	e := &exporter{
-		ctx:     ctx,
-		tw:      tar.NewWriter(w),
-		root:    root,
-		opts:    opts,
-		written: make(map[string]bool),
-		links:   make(map[inodeKey]string),
-		buf:     make([]byte, 128<<10),
+		ctx:   ctx,
+		tw:    tar.NewWriter(w),
+		root:  root,
+		opts:  opts,
+		dirs:  make(map[string]bool),
+		links: make(map[inodeKey]string),
+		buf:   make([]byte, 128<<10),
 	}
+	last := "" // path of the last change written, to write duplicates once
 	for i := 0; i < len(sorted); i++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("export: %w", err)
@@ -98,14 +99,16 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 			if err := e.deleted(c.Path, replaced); err != nil {
 				return err
 			}
+			last = c.Path
 			continue
 		}
-		if e.written[c.Path] {
+		if c.Path == last || e.dirs[c.Path] {
 			continue // Add and Modify of one path: write it once
 		}
 		if err := e.entry(c.Path); err != nil {
 			return err
 		}
+		last = c.Path
 	}
 	if err := e.tw.Close(); err != nil {
 		return fmt.Errorf("export: finish tar: %w", err)
@@ -138,13 +141,16 @@ type inodeKey struct{ dev, ino uint64 }
 
 // exporter holds the state of one Export.
 type exporter struct {
-	ctx     context.Context
-	tw      *tar.Writer
-	root    string
-	opts    ExportOptions
-	written map[string]bool     // layer paths already in the tar (directories and entries)
-	links   map[inodeKey]string // first tar name of each hardlinked regular file written
-	buf     []byte
+	ctx  context.Context
+	tw   *tar.Writer
+	root string
+	opts ExportOptions
+	// dirs holds the directories already in the tar, so parents are
+	// written once; files are not remembered, so memory follows the
+	// number of directories, not of files.
+	dirs  map[string]bool
+	links map[inodeKey]string // first tar name of each hardlinked regular file written
+	buf   []byte
 }
 
 // deleted writes the whiteout of p, or, when p was replaced by a new entry,
@@ -194,7 +200,7 @@ func (e *exporter) marker(name string) error {
 // parents writes every ancestor directory of p not written yet.
 func (e *exporter) parents(p string) error {
 	dir := path.Dir(p)
-	if dir == "/" || e.written[dir] {
+	if dir == "/" || e.dirs[dir] {
 		return nil
 	}
 	if err := e.parents(dir); err != nil {
@@ -224,9 +230,11 @@ func (e *exporter) entry(p string) error {
 
 // writeEntry writes the header (and content) of p, whose lstat is st.
 func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
-	e.written[p] = true
 	full := filepath.Join(e.root, p)
 	typ := st.Mode & unix.S_IFMT
+	if typ == unix.S_IFDIR {
+		e.dirs[p] = true
+	}
 	hdr := &tar.Header{
 		Name:    tarName(p, typ == unix.S_IFDIR),
 		Mode:    int64(st.Mode & 0o7777),
