@@ -19,8 +19,10 @@ import (
 // to upper, sorted by path. lower "" stands for an empty tree.
 //
 // The two trees are read directory by directory in name order and merged,
-// so memory is bounded by the widest directory, not the tree. The root
-// directories themselves are not compared: a layer tar has no entry for "/".
+// so besides the result only the listings of the directories on the
+// current path are held, never a whole tree. The roots themselves are not
+// compared (a layer tar has no entry for "/"), and may be symlinks to the
+// directories; nothing below them is ever followed.
 //
 // What counts as a change:
 //
@@ -66,20 +68,13 @@ import (
 // in the same order.
 func Changes(ctx context.Context, lower, upper string) ([]Change, error) {
 	d := differ{ctx: ctx, lower: lower, upper: upper}
-	st, err := lstatNoFollow(upper)
-	if err != nil {
-		return nil, fmt.Errorf("changes: upper: %w", err)
+	if err := checkRoot("upper", upper); err != nil {
+		return nil, err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return nil, fmt.Errorf("changes: upper %s is not a directory", upper)
-	}
+	var err error
 	if lower != "" {
-		lst, lerr := lstatNoFollow(lower)
-		if lerr != nil {
-			return nil, fmt.Errorf("changes: lower: %w", lerr)
-		}
-		if lst.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return nil, fmt.Errorf("changes: lower %s is not a directory", lower)
+		if err := checkRoot("lower", lower); err != nil {
+			return nil, err
 		}
 		err = d.compareDir("/")
 	} else {
@@ -89,6 +84,19 @@ func Changes(ctx context.Context, lower, upper string) ([]Change, error) {
 		return nil, err
 	}
 	return d.changes, nil
+}
+
+// checkRoot makes sure a tree root exists and is a directory, so that a
+// wrong path is reported as such rather than as an empty tree.
+func checkRoot(which, dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("changes: %s: %w", which, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("changes: %s %s is not a directory", which, dir)
+	}
+	return nil
 }
 
 // differ holds the state of one double walk.

@@ -82,6 +82,13 @@ func TestChangesNoChange(t *testing.T) {
 	ctCheckChanges(t, lower, upper)
 	// The same tree compared with itself: same inodes, nothing read.
 	ctCheckChanges(t, lower, lower)
+	// Roots given through symlinks are followed (only the roots).
+	links := t.TempDir()
+	ctSymlink(t, links, lower, "l")
+	ctSymlink(t, links, upper, "u")
+	ctWriteFile(t, upper, "a/b/new", "", 0o644)
+	ctLchtimes(t, upper, "a/b", ctBaseTime)
+	ctCheckChanges(t, filepath.Join(links, "l"), filepath.Join(links, "u"), "A /a/b/new")
 }
 
 func TestChangesEmptyLower(t *testing.T) {
