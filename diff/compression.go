@@ -143,18 +143,26 @@ func newGzipReader(r io.Reader) (gzipReader, error) {
 // background goroutines, so it must be closed (decompressReader.Close does)
 // or those goroutines leak. Up to 4 in flight (the library's default) lets
 // decoding overlap the tar consumer without holding many blocks in memory.
-// The window limit stays the library default, so streams written with large
-// (--long) windows still decode; memory follows the window the stream
-// declares. Decoders are not pooled: one per layer stream costs microseconds
-// against seconds of decoding, and a pooled async decoder that is dropped by
-// sync.Pool would leak its goroutines.
+//
+// The window is capped at 128 MiB (zstdMaxWindow), the limit the reference
+// zstd decoder applies by default: layers are hostile input, and a frame
+// may declare any window the decoder would then allocate; every encoder
+// used for layers (the zstd CLI without --long=28+, klauspost's, which
+// containers/storage and buildkit use) stays far below it.
+//
+// Decoders are not pooled: one per layer stream costs microseconds against
+// seconds of decoding, and a pooled async decoder that sync.Pool drops
+// would leak its goroutines.
 func zstdDecoderOptions() []zstd.DOption {
 	n := runtime.GOMAXPROCS(0)
 	if n > 4 {
 		n = 4
 	}
-	return []zstd.DOption{zstd.WithDecoderConcurrency(n)}
+	return []zstd.DOption{zstd.WithDecoderConcurrency(n), zstd.WithDecoderMaxWindow(zstdMaxWindow)}
 }
+
+// zstdMaxWindow is the largest zstd window DecompressStream accepts.
+const zstdMaxWindow = 128 << 20
 
 // decompressReader names the compression in read errors and closes the
 // decompressor exactly once.

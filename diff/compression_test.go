@@ -361,3 +361,29 @@ func TestCompressConcatenatedStreams(t *testing.T) {
 		}
 	}
 }
+
+// A zstd frame declaring a window beyond zstdMaxWindow is refused, not
+// allocated.
+func TestCompressZstdWindowLimit(t *testing.T) {
+	// Frame header: magic, descriptor 0x00 (no single segment, no
+	// checksum, no content size), window descriptor exponent 28 (256 MiB:
+	// (28-10)<<3), then a last raw block of 1 byte.
+	frame := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, (28 - 10) << 3, 0x09, 0x00, 0x00, 'x'}
+	err := readAllCompressed(frame)
+	if err == nil {
+		t.Fatal("256 MiB window accepted")
+	}
+	if !strings.Contains(err.Error(), "window") {
+		t.Fatalf("error %q does not say the window is too large", err)
+	}
+	// The same frame with a 1 MiB window decodes.
+	frame[5] = (20 - 10) << 3
+	r, _, err := DecompressStream(bytes.NewReader(frame))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil || string(out) != "x" {
+		t.Fatalf("small window: %q, %v", out, err)
+	}
+}
