@@ -387,3 +387,26 @@ func TestCompressZstdWindowLimit(t *testing.T) {
 		t.Fatalf("small window: %q, %v", out, err)
 	}
 }
+
+// FuzzCompressDecode: no input makes DecompressStream panic or hang; it
+// either decodes or returns an error. Output is capped so that a small
+// bomb does not exhaust memory.
+func FuzzCompressDecode(f *testing.F) {
+	for _, c := range []Compression{Uncompressed, Gzip, Zstd} {
+		blob := compressBytes(f, []byte("hello, layer\n"), c)
+		f.Add(blob)
+		f.Add(blob[:len(blob)/2])
+	}
+	f.Add([]byte{0x1f, 0x8b})
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, _, err := DecompressStream(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(r, 16<<20))
+		if err := r.Close(); err != nil {
+			return
+		}
+	})
+}
