@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -59,7 +64,8 @@ type dent struct {
 type copier struct {
 	opts  Options
 	stats Stats
-	links map[inode]string
+	sh    *shared
+	pool  chan<- job // nil: copy every entry in this goroutine
 	devs  map[uint64]*devState
 	buf   []byte // read/write fallback
 	names []byte // xattr name list
@@ -67,16 +73,134 @@ type copier struct {
 	dents []byte // getdents
 	link  []byte // readlink
 	ts    [2]unix.Timespec
+
+	// A regular file created by this process in a directory it made
+	// itself (0700, no setgid, no default ACL yet) starts as owned by
+	// euid:egid with mode perm &^ umask, so fchown and fchmod can be
+	// skipped when they would change nothing: two system calls fewer per
+	// small file. known is false when that cannot be relied on (a
+	// pre-existing destination directory, an unreadable umask).
+	known      bool
+	euid, egid uint32
+	umask      uint32
 }
 
 func newCopier(opts Options) *copier {
+	umask, ok := readUmask()
 	return &copier{
+		known: ok,
+		euid:  uint32(os.Geteuid()),
+		egid:  uint32(os.Getegid()),
+		umask: umask,
 		opts:  opts,
-		links: make(map[inode]string),
+		sh:    &shared{links: make(map[inode]*linkState)},
 		devs:  make(map[uint64]*devState, 1),
 		names: make([]byte, 1024),
 		value: make([]byte, 1024),
 		link:  make([]byte, 4096),
+	}
+}
+
+// shared is the state the walker and its workers share.
+type shared struct {
+	mu    sync.Mutex
+	links map[inode]*linkState // first copy of each multiply-linked inode
+	err   error                // first error of a worker
+}
+
+// linkState is the first copy of a multiply-linked inode; done is closed
+// once it exists (or failed, err set).
+type linkState struct {
+	path string
+	done chan struct{}
+	err  error
+}
+
+// claimLink returns the first copy of inode key, and whether the caller
+// just became it (and must make it, at path, then close done).
+func (sh *shared) claimLink(key inode, path string) (*linkState, bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if ls, ok := sh.links[key]; ok {
+		return ls, false
+	}
+	ls := &linkState{path: path, done: make(chan struct{})}
+	sh.links[key] = ls
+	return ls, true
+}
+
+func (sh *shared) fail(err error) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.err == nil {
+		sh.err = err
+	}
+}
+
+func (sh *shared) failed() error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.err
+}
+
+// job is one regular file for a worker to copy.
+type job struct {
+	s, d  dirRef
+	name  string
+	depth int
+	wg    *sync.WaitGroup
+}
+
+// workers is how many goroutines copy regular files while the walker goes
+// on: one per CPU (at least 2, at most 8), so that a big tree uses the
+// machine. Measured on 2 CPUs it is as fast as copying in one goroutine
+// (both within noise of cp -a); more CPUs are where it pays.
+func workers() int {
+	if testWorkers >= 0 {
+		return testWorkers
+	}
+	return min(max(runtime.GOMAXPROCS(0), 2), 8)
+}
+
+// testWorkers overrides workers() in tests and benchmarks when >= 0; 0
+// copies everything in the walking goroutine.
+var testWorkers = -1
+
+// startWorkers starts the file-copying goroutines and returns a function
+// that stops them and adds their counts to c's.
+func (c *copier) startWorkers(ctx context.Context) (stop func()) {
+	n := workers()
+	if n == 0 {
+		return func() {}
+	}
+	jobs := make(chan job, 64)
+	c.pool = jobs
+	var done sync.WaitGroup
+	ws := make([]*copier, n)
+	for i := range ws {
+		w := newCopier(c.opts)
+		w.sh, w.known, w.euid, w.egid, w.umask = c.sh, c.known, c.euid, c.egid, c.umask
+		ws[i] = w
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			for j := range jobs {
+				if ctx.Err() == nil && c.sh.failed() == nil {
+					if err := w.copyEntry(ctx, j.s, j.d, j.name, j.name, nil, unix.DT_REG, j.depth); err != nil {
+						c.sh.fail(err)
+					}
+				}
+				j.wg.Done()
+			}
+		}()
+	}
+	return func() {
+		close(jobs)
+		done.Wait()
+		c.pool = nil
+		for _, w := range ws {
+			c.stats.add(&w.stats)
+		}
 	}
 }
 
@@ -99,6 +223,7 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 		if !empty {
 			return fmt.Errorf("copy tree: destination %s is not an empty directory", dst)
 		}
+		c.known = false // setgid or a default ACL would change new files
 	}
 	sfd, err := openDir(unix.AT_FDCWD, src)
 	if err != nil {
@@ -112,7 +237,10 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 	defer unix.Close(dfd)
 	c.stats.Dirs++
 	s, d := dirRef{sfd, src}, dirRef{dfd, dst}
-	if err := c.copyDir(ctx, s, d, 0); err != nil {
+	stop := c.startWorkers(ctx)
+	err = c.copyDir(ctx, s, d, 0)
+	stop()
+	if err != nil {
 		return err
 	}
 	if err := c.dirMeta(sfd, dfd, dst, &st); err != nil {
@@ -136,11 +264,23 @@ func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
 	if err != nil {
 		return fmt.Errorf("copy: %w", pathErr("getdents", s.path, err))
 	}
+	// Regular files go to the workers; this directory's fds stay open, and
+	// its attributes wait, until they are all done.
+	var files sync.WaitGroup
+	defer files.Wait()
 	for i, e := range ents {
 		if i&63 == 63 {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			if err := c.sh.failed(); err != nil {
+				return err
+			}
+		}
+		if e.typ == unix.DT_REG && c.pool != nil {
+			files.Add(1)
+			c.pool <- job{s: s, d: d, name: e.name, depth: depth, wg: &files}
+			continue
 		}
 		if e.typ == unix.DT_DIR {
 			if err := c.copySubdir(ctx, s, d, e.name, nil, depth); err != nil {
@@ -152,7 +292,11 @@ func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
 			return err
 		}
 	}
-	return nil
+	files.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.sh.failed()
 }
 
 // copySubdir makes directory name in d, fills it from s/name and then sets
@@ -245,16 +389,39 @@ func (c *copier) copyEntry(ctx context.Context, s, d dirRef, sname, dname string
 		return c.copySubdir(ctx, s, d, sname, nil, depth)
 	}
 	if st.Nlink > 1 {
-		key := inode{st.Dev, st.Ino}
-		if first, ok := c.links[key]; ok {
-			if err := unix.Linkat(unix.AT_FDCWD, first, d.fd, dname, 0); err != nil {
-				return fmt.Errorf("copy %s: hardlink to %s: %w", s.join(sname), first, pathErr("link", d.join(dname), err))
+		first, claimed := c.sh.claimLink(inode{st.Dev, st.Ino}, d.join(dname))
+		if !claimed {
+			// Another name of this inode was copied, or is being copied
+			// by another worker: wait for it, then link to it.
+			<-first.done
+			if first.err != nil {
+				return fmt.Errorf("copy %s: its hardlink %s failed", s.join(sname), first.path)
+			}
+			if err := unix.Linkat(unix.AT_FDCWD, first.path, d.fd, dname, 0); err != nil {
+				return fmt.Errorf("copy %s: hardlink to %s: %w", s.join(sname), first.path, pathErr("link", d.join(dname), err))
 			}
 			c.stats.Hardlinks++
 			return nil
 		}
-		c.links[key] = absJoin(d, dname)
+		err := c.copyEntryData(s, d, sname, dname, st, format, sfd)
+		sfd = -1 // closed by copyEntryData
+		first.err = err
+		close(first.done)
+		return err
 	}
+	err := c.copyEntryData(s, d, sname, dname, st, format, sfd)
+	sfd = -1
+	return err
+}
+
+// copyEntryData makes the new entry d/dname as a copy of s/sname, closing
+// sfd (the open source when >= 0).
+func (c *copier) copyEntryData(s, d dirRef, sname, dname string, st *unix.Stat_t, format uint32, sfd int) error {
+	defer func() {
+		if sfd >= 0 {
+			unix.Close(sfd)
+		}
+	}()
 	switch format {
 	case unix.S_IFREG:
 		if sfd < 0 {
@@ -273,15 +440,10 @@ func (c *copier) copyEntry(ctx context.Context, s, d dirRef, sname, dname string
 	return fmt.Errorf("copy %s: unsupported file type %#o", s.join(sname), format)
 }
 
-// absJoin is the path later hardlinks link to. It must not depend on a
-// directory fd that is closed by then, so it is the full path.
-func absJoin(d dirRef, name string) string {
-	return d.join(name)
-}
-
 func (c *copier) copyRegular(sfd int, s, d dirRef, sname, dname string, st *unix.Stat_t) error {
 	dpath := func() string { return d.join(dname) }
-	dfd, err := unix.Openat(d.fd, dname, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	perm := st.Mode & 0o777
+	dfd, err := unix.Openat(d.fd, dname, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
 	if err != nil {
 		return fmt.Errorf("copy: %w", pathErr("create", dpath(), err))
 	}
@@ -297,14 +459,18 @@ func (c *copier) copyRegular(sfd int, s, d dirRef, sname, dname string, st *unix
 	}
 	// Owner before mode, because chown clears setuid/setgid; xattrs after
 	// chown, because chown drops security.capability.
-	if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
-		return fmt.Errorf("copy: %w", pathErr("chown", dpath(), err))
+	if !c.known || st.Uid != c.euid || st.Gid != c.egid {
+		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("copy: %w", pathErr("chown", dpath(), err))
+		}
 	}
 	if err := c.copyXattrsFd(sfd, dfd, dpath()); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-		return fmt.Errorf("copy: %w", pathErr("chmod", dpath(), err))
+	if !c.known || st.Mode&07000 != 0 || perm&c.umask != 0 {
+		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
+			return fmt.Errorf("copy: %w", pathErr("chmod", dpath(), err))
+		}
 	}
 	closed = true
 	if err := unix.Close(dfd); err != nil {
@@ -506,6 +672,22 @@ func (c *copier) readDir(fd int) ([]dent, error) {
 			ents = append(ents, dent{name: string(name), typ: rec[18]})
 		}
 	}
+}
+
+// readUmask returns the process umask from /proc/self/status; reading it
+// with umask(2) would mean setting it, racing with other goroutines.
+func readUmask() (uint32, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			return uint32(n), err == nil
+		}
+	}
+	return 0, false
 }
 
 // openDir opens a directory for reading entries and *at calls, with

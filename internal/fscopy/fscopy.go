@@ -78,6 +78,17 @@ type Stats struct {
 	Bytes     int64 // bytes of file data cloned or copied (holes excluded when copied)
 }
 
+func (s *Stats) add(o *Stats) {
+	s.Dirs += o.Dirs
+	s.Files += o.Files
+	s.Symlinks += o.Symlinks
+	s.Specials += o.Specials
+	s.Hardlinks += o.Hardlinks
+	s.Cloned += o.Cloned
+	s.Copied += o.Copied
+	s.Bytes += o.Bytes
+}
+
 // CopyTree copies the directory src to dst with every attribute preserved.
 // dst must not exist (it is created) or be an empty directory (its
 // attributes are replaced by src's). Hardlink groups inside src become the
@@ -100,6 +111,7 @@ func Copy(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 // every attribute preserved. Overlay uses it to copy a hardlink target up.
 func CopyFile(src, dst string) error {
 	c := newCopier(Options{})
+	c.known = false // dst's directory may be setgid or carry a default ACL
 	var st unix.Stat_t
 	if err := unix.Lstat(src, &st); err != nil {
 		return fmt.Errorf("copy %s: %w", src, &os.PathError{Op: "lstat", Path: src, Err: err})

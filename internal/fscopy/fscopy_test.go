@@ -247,7 +247,21 @@ func compareTrees(t testing.TB, src, dst string, ss, ds map[string]entry) {
 
 func TestCopyTreeRoundTrip(t *testing.T) {
 	needRoot(t)
-	roots(t, func(t *testing.T, dir string) {
+	roots(t, testRoundTrip)
+}
+
+// TestCopyTreeSequential runs the round trip with the walker copying every
+// file itself, the path workers() == 0 takes.
+func TestCopyTreeSequential(t *testing.T) {
+	needRoot(t)
+	old := testWorkers
+	testWorkers = 0
+	defer func() { testWorkers = old }()
+	testRoundTrip(t, t.TempDir())
+}
+
+func testRoundTrip(t *testing.T, dir string) {
+	{
 		src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
 		must(t, os.Mkdir(src, 0o755))
 		buildTree(t, src)
@@ -273,7 +287,7 @@ func TestCopyTreeRoundTrip(t *testing.T) {
 			t.Errorf("stats %+v: want 4 extra hardlinks, 3 symlinks, 5 specials", st)
 		}
 		t.Logf("stats %+v", st)
-	})
+	}
 }
 
 func TestCopyIntoEmptyDir(t *testing.T) {
@@ -473,5 +487,53 @@ func TestMissingSource(t *testing.T) {
 	err := CopyTree(context.Background(), filepath.Join(dir, "nope"), filepath.Join(dir, "dst"))
 	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "nope") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Modes come out right whatever the umask (the copier skips fchmod only
+// when the umask leaves the mode alone).
+func TestCopyUnderUmask(t *testing.T) {
+	needRoot(t)
+	for _, mask := range []int{0o077, 0o000, 0o022} {
+		t.Run(fmt.Sprintf("%03o", mask), func(t *testing.T) {
+			dir := t.TempDir()
+			src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+			must(t, os.Mkdir(src, 0o755))
+			buildTree(t, src)
+			must(t, os.WriteFile(filepath.Join(src, "rw-all"), []byte("x"), 0o666))
+			must(t, unix.Chmod(filepath.Join(src, "rw-all"), 0o666))
+			old := unix.Umask(mask)
+			want := snapshot(t, src)
+			err := CopyTree(context.Background(), src, dst)
+			unix.Umask(old)
+			must(t, err)
+			got := snapshot(t, dst)
+			compareTrees(t, src, dst, details(t, src, want), details(t, dst, got))
+		})
+	}
+}
+
+// Many hardlink groups spread over directories, copied by several workers
+// at once: every group stays one group.
+func TestManyHardlinkGroups(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	for d := range 5 {
+		must(t, os.MkdirAll(filepath.Join(src, fmt.Sprint("d", d)), 0o755))
+	}
+	for g := range 40 {
+		first := filepath.Join(src, "d0", fmt.Sprint("g", g))
+		must(t, os.WriteFile(first, []byte(fmt.Sprint("group ", g)), 0o644))
+		for l := range 12 {
+			must(t, os.Link(first, filepath.Join(src, fmt.Sprint("d", l%5), fmt.Sprintf("g%d-%d", g, l))))
+		}
+	}
+	want := snapshot(t, src)
+	st, err := Copy(context.Background(), src, dst, Options{})
+	must(t, err)
+	got := snapshot(t, dst)
+	compareTrees(t, src, dst, details(t, src, want), details(t, dst, got))
+	if st.Files != 40 || st.Hardlinks != 40*12 {
+		t.Errorf("stats %+v: want 40 files, 480 extra links", st)
 	}
 }
