@@ -318,7 +318,7 @@ func (e *exporter) copyContent(p, full string, size int64) error {
 		return fmt.Errorf("export %s: %w", p, err)
 	}
 	defer f.Close()
-	n, err := io.CopyBuffer(e.tw, io.LimitReader(f, size), e.buf)
+	n, err := io.CopyBuffer(e.tw, ctxReader{e.ctx, io.LimitReader(f, size)}, e.buf)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", p, err)
 	}
@@ -326,6 +326,20 @@ func (e *exporter) copyContent(p, full string, size int64) error {
 		return fmt.Errorf("export %s: file shrank while being read (%d of %d bytes): %w", p, n, size, io.ErrUnexpectedEOF)
 	}
 	return nil
+}
+
+// ctxReader stops a long copy when ctx is done, so that cancelling an
+// export of a multi-gigabyte file does not wait for the whole file.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // mtime returns st's mtime, clamped to SourceDateEpoch when set.

@@ -445,11 +445,36 @@ func TestExportErrors(t *testing.T) {
 	if err := Export(cctx, io.Discard, upper, ctParseChanges("A /file"), ExportOptions{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled Export: %v", err)
 	}
+	// Cancelled in the middle of a file's content.
+	ctWriteFile(t, upper, "big", strings.Repeat("x", 4<<20), 0o644)
+	cctx, cancel = context.WithCancel(ctx)
+	cw := &ctCancelWriter{cancel: cancel, after: 1 << 20}
+	if err := Export(cctx, cw, upper, ctParseChanges("A /big"), ExportOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Export cancelled mid-file: %v", err)
+	}
+	if cw.n > 2<<20 {
+		t.Errorf("Export went on for %d bytes after cancel", cw.n-(1<<20))
+	}
 	// A failing writer surfaces its error.
 	werr := errors.New("disk full")
 	if err := Export(ctx, ctFailWriter{werr}, upper, ctParseChanges("A /file"), ExportOptions{}); !errors.Is(err, werr) {
 		t.Errorf("failing writer: %v", err)
 	}
+}
+
+// ctCancelWriter cancels once it has taken after bytes.
+type ctCancelWriter struct {
+	cancel func()
+	after  int64
+	n      int64
+}
+
+func (w *ctCancelWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	if w.n >= w.after {
+		w.cancel()
+	}
+	return len(p), nil
 }
 
 type ctFailWriter struct{ err error }
