@@ -312,34 +312,39 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 func (e *exporter) copyContent(p, full string, size int64) error {
 	// O_NOFOLLOW: the entry was lstat'ed as a regular file; if it has
 	// been swapped for a symlink since, fail rather than read whatever it
-	// points to (possibly outside root).
-	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	// points to (possibly outside root). A raw descriptor rather than an
+	// os.File: os.OpenFile tries to register every file with the poller,
+	// a wasted syscall per file that BenchmarkExport showed at ~10%.
+	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("export %s: %w", p, err)
+		return fmt.Errorf("export %s: open: %w", p, err)
 	}
-	defer f.Close()
-	n, err := io.CopyBuffer(e.tw, ctxReader{e.ctx, io.LimitReader(f, size)}, e.buf)
-	if err != nil {
-		return fmt.Errorf("export %s: %w", p, err)
-	}
-	if n != size {
-		return fmt.Errorf("export %s: file shrank while being read (%d of %d bytes): %w", p, n, size, io.ErrUnexpectedEOF)
+	defer unix.Close(fd)
+	var n int64
+	for n < size {
+		if err := e.ctx.Err(); err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		buf := e.buf
+		if rest := size - n; rest < int64(len(buf)) {
+			buf = buf[:rest]
+		}
+		m, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("export %s: read: %w", p, err)
+		}
+		if m == 0 {
+			return fmt.Errorf("export %s: file shrank while being read (%d of %d bytes): %w", p, n, size, io.ErrUnexpectedEOF)
+		}
+		if _, err := e.tw.Write(buf[:m]); err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
+		}
+		n += int64(m)
 	}
 	return nil
-}
-
-// ctxReader stops a long copy when ctx is done, so that cancelling an
-// export of a multi-gigabyte file does not wait for the whole file.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // mtime returns st's mtime, clamped to SourceDateEpoch when set.
