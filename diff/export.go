@@ -56,8 +56,9 @@ var whiteoutTime = time.Unix(0, 0)
 // are written once, by the first in order; the others become hardlink
 // entries naming it. Sockets cannot be represented in a tar and are skipped
 // silently, as is a change of "/" itself (the root has no entry in a layer
-// tar). A path in changes that no longer exists in root, or that is not
-// absolute and clean, is an error.
+// tar). A path in changes that no longer exists in root, that is not
+// absolute and clean, or that has a name starting with ".wh." (which no
+// layer tar can carry) is an error.
 func Export(ctx context.Context, w io.Writer, root string, changes []Change, opts ExportOptions) error {
 	sorted := make([]Change, len(changes))
 	copy(sorted, changes)
@@ -129,10 +130,18 @@ func WriteDiff(ctx context.Context, w io.Writer, lower, upper string, opts Expor
 
 // checkChangePath rejects paths that would not name an entry inside the
 // layer: the tar names are derived from them, and a ".." or a relative path
-// would write outside it on some appliers.
+// would write outside it on some appliers. A name starting with ".wh." is
+// rejected too: every applier would read it as a whiteout (or, for
+// ".wh..wh.", as AUFS metadata), so such a file cannot travel in a layer;
+// an error beats a layer that silently deletes something else.
 func checkChangePath(p string) error {
 	if !strings.HasPrefix(p, "/") || p == "/" || path.Clean(p) != p {
 		return fmt.Errorf("export %q: change path must be absolute, clean and not /", p)
+	}
+	for _, name := range strings.Split(p[1:], "/") {
+		if strings.HasPrefix(name, WhiteoutPrefix) {
+			return fmt.Errorf("export %q: name %q would be read as a whiteout by appliers", p, name)
+		}
 	}
 	return nil
 }

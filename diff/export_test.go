@@ -431,6 +431,9 @@ func TestExportErrors(t *testing.T) {
 		ctParseChanges("A relative"),
 		ctParseChanges("A /a/../file"),
 		ctParseChanges("D /"),
+		ctParseChanges("A /.wh.file"),
+		ctParseChanges("D /dir/.wh..wh..opq"),
+		ctParseChanges("A /.wh.d/file"),
 	} {
 		if err := Export(ctx, io.Discard, upper, changes, ExportOptions{}); err == nil {
 			t.Errorf("Export(%v) succeeded", changes)
