@@ -3,7 +3,6 @@ package diff
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -96,55 +95,52 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	defer dr.Close()
 	res.Compression = comp
 
-	hc := &hashCounter{h: sha256.New()}
-	stream := io.TeeReader(dr, hc)
-	tc := &tailReader{r: stream}
-	tr := tar.NewReader(tc)
-	last := ""
+	rd := startReader(ctx, dr)
+	stopped := false
+	defer func() {
+		if !stopped {
+			rd.stop()
+		}
+	}()
 	for {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("apply layer: %w", err)
 		}
 		a.closeStale()
-		before := tc.n
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			// archive/tar also says EOF when the stream stops at a block
-			// boundary or inside a PAX header; only a zero block read by
-			// this last call is a real end-of-archive marker.
-			if tc.n != 0 && (tc.n-before < 512 || !tc.tailZero()) {
-				if last == "" {
-					return res, errors.New("apply layer: truncated tar: no end-of-archive marker")
-				}
-				return res, fmt.Errorf("apply layer: truncated tar after entry %q: no end-of-archive marker", last)
+		m, ok := rd.next()
+		if !ok {
+			// The reader only stops without a message when ctx is done.
+			if err := ctx.Err(); err != nil {
+				return res, fmt.Errorf("apply layer: %w", err)
 			}
+			return res, errors.New("apply layer: tar reader stopped")
+		}
+		if m.err != nil {
+			if m.dataErr {
+				return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, dataError(m.err))
+			}
+			return res, fmt.Errorf("apply layer: %w", m.err)
+		}
+		if m.end {
 			break
 		}
-		if err != nil {
-			if last == "" {
-				return res, fmt.Errorf("apply layer: read first tar header: %w", err)
-			}
-			return res, fmt.Errorf("apply layer: read tar header after entry %q: %w", last, err)
+		body := newBodyReader(rd, m)
+		if err := a.entry(m.hdr, body); err != nil {
+			return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, err)
 		}
-		if err := a.entry(hdr, tr); err != nil {
-			return res, fmt.Errorf("apply layer: entry %q: %w", hdr.Name, err)
+		if err := body.finish(); err != nil {
+			return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, dataError(err))
 		}
-		// Consume data the entry did not use (a hardlink may carry some),
-		// so that the next Next reads only padding and a header.
-		if _, err := io.Copy(io.Discard, tr); err != nil {
-			return res, fmt.Errorf("apply layer: entry %q: truncated data: %w", hdr.Name, err)
-		}
-		last = hdr.Name
 	}
-	// The tar reader stops at the end-of-archive marker; the diffID covers
-	// the whole stream, so hash the padding (and whatever else) after it.
-	if err := a.drain(stream); err != nil {
-		return res, fmt.Errorf("apply layer: read end of stream: %w", err)
-	}
+	// The reader has sent its last message; wait for it to close the
+	// channel so that its hash is final.
+	rd.stop()
+	stopped = true
 	a.closeStale()
 	if err := a.setDirTimes(); err != nil {
 		return res, fmt.Errorf("apply layer: %w", err)
 	}
+	hc := rd.hc
 	res.DiffID = digest.NewDigestFromBytes(digest.SHA256, hc.h.Sum(nil))
 	res.TarSize = hc.n
 	res.Size = a.size
@@ -248,21 +244,12 @@ func (a *applier) warn(format string, args ...any) {
 	}
 }
 
-func (a *applier) drain(r io.Reader) error {
-	bp := applyBufPool.Get().(*[]byte)
-	defer applyBufPool.Put(bp)
-	for {
-		if err := a.ctx.Err(); err != nil {
-			return err
-		}
-		_, err := r.Read(*bp)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+// dataError words an error met while reading an entry's data.
+func dataError(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("truncated data: %w", io.ErrUnexpectedEOF)
 	}
+	return fmt.Errorf("read data: %w", err)
 }
 
 var errEscapes = errors.New("path climbs above the layer root")
@@ -609,10 +596,7 @@ func (a *applier) writeData(fd int, r io.Reader, size int64) error {
 		}
 		m, err := io.ReadFull(r, buf[:n])
 		if err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return fmt.Errorf("truncated data: %w", io.ErrUnexpectedEOF)
-			}
-			return fmt.Errorf("read data: %w", err)
+			return dataError(err)
 		}
 		b := buf[:m]
 		for i := 0; i < len(b); {
