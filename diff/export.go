@@ -54,7 +54,10 @@ var whiteoutTime = time.Unix(0, 0)
 //
 // Regular files that are hardlinked to each other within the exported set
 // are written once, by the first in order; the others become hardlink
-// entries naming it. Sockets cannot be represented in a tar and are skipped
+// entries naming it. A hardlinked file that also has a name outside the
+// exported set (an unchanged file, present in the lower tree with the same
+// content) is written as a hardlink to that name instead, so the applied
+// layer keeps the link; containerd and moby write a copy and lose it. Sockets cannot be represented in a tar and are skipped
 // silently, as is a change of "/" itself (the root has no entry in a layer
 // tar). A path in changes that no longer exists in root, that is not
 // absolute and clean, or that has a name starting with ".wh." (which no
@@ -65,13 +68,14 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	SortChanges(sorted)
 
 	e := &exporter{
-		ctx:   ctx,
-		tw:    tar.NewWriter(w),
-		root:  root,
-		opts:  opts,
-		dirs:  make(map[string]bool),
-		links: make(map[inodeKey]string),
-		buf:   make([]byte, 128<<10),
+		ctx:     ctx,
+		tw:      tar.NewWriter(w),
+		root:    root,
+		opts:    opts,
+		dirs:    make(map[string]bool),
+		links:   make(map[inodeKey]string),
+		changes: sorted,
+		buf:     make([]byte, 128<<10),
 	}
 	last := "" // path of the last change written, to write duplicates once
 	for i := 0; i < len(sorted); i++ {
@@ -160,6 +164,52 @@ type exporter struct {
 	dirs  map[string]bool
 	links map[inodeKey]string // first tar name of each hardlinked regular file written
 	buf   []byte
+
+	changes []Change
+	// unchangedLinks maps the inode of each hardlinked regular file of
+	// root that is not in changes to its first name in walk order; it is
+	// built on the first hardlinked file exported, since only then is the
+	// walk of all of root worth it.
+	unchangedLinks map[inodeKey]string
+}
+
+// unchangedName returns the tar name of a name of inode key that is not in
+// the exported set, or "" when every name of it is exported.
+func (e *exporter) unchangedName(key inodeKey) (string, error) {
+	if e.unchangedLinks == nil {
+		exported := make(map[string]bool, len(e.changes))
+		for _, c := range e.changes {
+			if c.Kind != ChangeDelete {
+				exported[c.Path] = true
+			}
+		}
+		e.unchangedLinks = make(map[inodeKey]string)
+		err := filepath.WalkDir(e.root, func(full string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.Type().IsRegular() {
+				return nil
+			}
+			rel := "/" + strings.TrimPrefix(full[len(e.root):], "/")
+			if exported[rel] {
+				return nil
+			}
+			st, err := lstatNoFollow(full)
+			if err != nil || st.Nlink < 2 {
+				return err
+			}
+			k := inodeKey{uint64(st.Dev), st.Ino}
+			if _, seen := e.unchangedLinks[k]; !seen {
+				e.unchangedLinks[k] = tarName(rel, false)
+			}
+			return nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("export: find unchanged hardlinks: %w", err)
+		}
+	}
+	return e.unchangedLinks[key], nil
 }
 
 // deleted writes the whiteout of p, or, when p was replaced by a new entry,
@@ -260,7 +310,18 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 		hdr.Size = st.Size
 		if st.Nlink > 1 {
 			key := inodeKey{uint64(st.Dev), st.Ino}
-			if first, ok := e.links[key]; ok {
+			first, ok := e.links[key]
+			if !ok {
+				unchanged, err := e.unchangedName(key)
+				if err != nil {
+					return fmt.Errorf("export %s: %w", p, err)
+				}
+				if unchanged != "" {
+					first, ok = unchanged, true
+					e.links[key] = unchanged
+				}
+			}
+			if ok {
 				hdr.Typeflag = tar.TypeLink
 				hdr.Linkname = first
 				hdr.Size = 0

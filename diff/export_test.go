@@ -254,17 +254,15 @@ func TestExportChangesReplacement(t *testing.T) {
 
 func TestExportHardlinksOnce(t *testing.T) {
 	upper := t.TempDir()
-	ctWriteFile(t, upper, "b/h1", "shared data", 0o644)
-	for _, l := range []string{"a/h0", "c/h2"} {
-		ctMkdir(t, upper, filepath.Dir(l), 0o755)
-		if err := os.Link(filepath.Join(upper, "b/h1"), filepath.Join(upper, l)); err != nil {
-			t.Fatal(err)
-		}
+	ctWriteFile(t, upper, "a/h0", "shared data", 0o644)
+	ctMkdir(t, upper, "c", 0o755)
+	if err := os.Link(filepath.Join(upper, "a/h0"), filepath.Join(upper, "c/h2")); err != nil {
+		t.Fatal(err)
 	}
 	ctWriteFile(t, upper, "single", "s", 0o644)
-	ctSetXattr(t, upper, "b/h1", "user.k", "v")
+	ctSetXattr(t, upper, "a/h0", "user.k", "v")
 	ctSetAllTimes(t, upper, ctBaseTime)
-	// b/h1 is not exported: a/h0 is first and carries the data.
+	// Every name of the inode is exported: a/h0 is first and carries the data.
 	changes := ctParseChanges("A /a", "A /a/h0", "A /c", "A /c/h2", "A /single")
 	got := ctReadTar(t, ctExport(t, upper, changes, ExportOptions{}))
 	h0 := ctFind(t, got, "a/h0")
@@ -276,6 +274,33 @@ func TestExportHardlinksOnce(t *testing.T) {
 		t.Fatalf("second link: %v", h2)
 	}
 	if n := ctNames(got); !reflect.DeepEqual(n, []string{"a/", "a/h0", "c/", "c/h2", "single"}) {
+		t.Fatalf("names %q", n)
+	}
+}
+
+// A hardlink whose other name is unchanged (so in the lower tree with the
+// same content) links to that name rather than carrying a copy, which
+// would lose the link on apply (ggcr#2002, image-spec#1204).
+func TestExportHardlinkToUnchangedName(t *testing.T) {
+	upper := t.TempDir()
+	ctWriteFile(t, upper, "b/h1", "shared data", 0o644)
+	for _, l := range []string{"a/h0", "c/h2"} {
+		ctMkdir(t, upper, filepath.Dir(l), 0o755)
+		if err := os.Link(filepath.Join(upper, "b/h1"), filepath.Join(upper, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctSetAllTimes(t, upper, ctBaseTime)
+	// b/h1 is not in the changes: it is unchanged, present below.
+	changes := ctParseChanges("A /a", "A /a/h0", "A /c", "A /c/h2")
+	got := ctReadTar(t, ctExport(t, upper, changes, ExportOptions{}))
+	for _, name := range []string{"a/h0", "c/h2"} {
+		e := ctFind(t, got, name)
+		if e.Type != tar.TypeLink || e.Link != "b/h1" || e.Size != 0 {
+			t.Fatalf("%s: %v, want a hardlink to the unchanged b/h1", name, e)
+		}
+	}
+	if n := ctNames(got); !reflect.DeepEqual(n, []string{"a/", "a/h0", "c/", "c/h2"}) {
 		t.Fatalf("names %q", n)
 	}
 }
