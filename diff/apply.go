@@ -585,41 +585,48 @@ func (a *applier) writeData(fd int, r io.Reader, size int64) error {
 	if size <= 0 {
 		return nil
 	}
-	bp := applyBufPool.Get().(*[]byte)
-	defer applyBufPool.Put(bp)
-	buf := *bp
 	var off, end int64
-	for off < size {
-		n := int64(len(buf))
-		if size-off < n {
-			n = size - off
-		}
-		m, err := io.ReadFull(r, buf[:n])
-		if err != nil {
-			return dataError(err)
-		}
-		b := buf[:m]
-		for i := 0; i < len(b); {
-			for i < len(b) && isZeroBlock(b[i:min(i+holeBlock, len(b))]) {
-				i = min(i+holeBlock, len(b))
+	if br, ok := r.(*bodyReader); ok {
+		// Write the reader goroutine's chunks as they are: no copy.
+		for off < size {
+			c, err := br.chunk()
+			if err != nil {
+				return dataError(err)
 			}
-			if i >= len(b) {
-				break
+			if int64(len(c)) > size-off {
+				return errors.New("internal error: more data than the header declares")
 			}
-			j := i
-			for j < len(b) && !isZeroBlock(b[j:min(j+holeBlock, len(b))]) {
-				j = min(j+holeBlock, len(b))
-			}
-			if err := pwriteAll(fd, b[i:j], off+int64(i)); err != nil {
-				return fmt.Errorf("write data: %w", err)
-			}
-			end = off + int64(j)
-			i = j
-		}
-		off += int64(m)
-		if off < size {
-			if err := a.ctx.Err(); err != nil {
+			e, err := writeSkippingZeros(fd, c, off)
+			if err != nil {
 				return err
+			}
+			if e > 0 {
+				end = e
+			}
+			off += int64(len(c))
+		}
+	} else {
+		bp := applyBufPool.Get().(*[]byte)
+		defer applyBufPool.Put(bp)
+		buf := *bp
+		for off < size {
+			n := min(int64(len(buf)), size-off)
+			m, err := io.ReadFull(r, buf[:n])
+			if err != nil {
+				return dataError(err)
+			}
+			e, err := writeSkippingZeros(fd, buf[:m], off)
+			if err != nil {
+				return err
+			}
+			if e > 0 {
+				end = e
+			}
+			off += int64(m)
+			if off < size {
+				if err := a.ctx.Err(); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -629,6 +636,31 @@ func (a *applier) writeData(fd int, r io.Reader, size int64) error {
 		}
 	}
 	return nil
+}
+
+// writeSkippingZeros writes b at file offset off (a multiple of 4 KiB),
+// leaving out all-zero 4 KiB blocks. It returns the end offset of the last
+// byte written, 0 if none.
+func writeSkippingZeros(fd int, b []byte, off int64) (int64, error) {
+	var end int64
+	for i := 0; i < len(b); {
+		for i < len(b) && isZeroBlock(b[i:min(i+holeBlock, len(b))]) {
+			i = min(i+holeBlock, len(b))
+		}
+		if i >= len(b) {
+			break
+		}
+		j := i
+		for j < len(b) && !isZeroBlock(b[j:min(j+holeBlock, len(b))]) {
+			j = min(j+holeBlock, len(b))
+		}
+		if err := pwriteAll(fd, b[i:j], off+int64(i)); err != nil {
+			return 0, fmt.Errorf("write data: %w", err)
+		}
+		end = off + int64(j)
+		i = j
+	}
+	return end, nil
 }
 
 func pwriteAll(fd int, b []byte, off int64) error {

@@ -262,17 +262,19 @@ func newBodyReader(p *tarReader, m readerMsg) *bodyReader {
 	return &bodyReader{p: p, cur: m.data, buf: m.buf, more: m.more}
 }
 
-func (b *bodyReader) Read(q []byte) (int, error) {
+// fill makes cur non-empty, fetching the entry's next message; io.EOF
+// when the entry has no more data.
+func (b *bodyReader) fill() error {
 	for len(b.cur) == 0 {
 		if b.err != nil {
-			return 0, b.err
+			return b.err
 		}
 		if b.buf != nil {
 			applyBufPool.Put(b.buf)
 			b.buf = nil
 		}
 		if !b.more {
-			return 0, io.EOF
+			return io.EOF
 		}
 		m, ok := b.p.next()
 		switch {
@@ -284,9 +286,28 @@ func (b *bodyReader) Read(q []byte) (int, error) {
 			b.cur, b.buf, b.more = m.data, m.buf, m.more
 		}
 	}
+	return nil
+}
+
+func (b *bodyReader) Read(q []byte) (int, error) {
+	if err := b.fill(); err != nil {
+		return 0, err
+	}
 	n := copy(q, b.cur)
 	b.cur = b.cur[n:]
 	return n, nil
+}
+
+// chunk returns the next piece of data as the reader sent it (whole
+// 4 KiB-aligned chunks), without copying; it stays valid until the next
+// call.
+func (b *bodyReader) chunk() ([]byte, error) {
+	if err := b.fill(); err != nil {
+		return nil, err
+	}
+	c := b.cur
+	b.cur = nil
+	return c, nil
 }
 
 // finish skips what the applier did not read of the entry and returns the
