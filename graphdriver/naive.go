@@ -88,7 +88,8 @@ func NaiveApplyDiff(ctx context.Context, d Driver, id string, r io.Reader, opts 
 		err = perr
 	}
 	if err != nil {
-		return diff.ApplyResult{}, fmt.Errorf("apply layer %s: %w", id, err)
+		// diff.Apply's errors already say "apply layer"; add which one.
+		return diff.ApplyResult{}, fmt.Errorf("layer %s: %w", id, err)
 	}
 	return res, nil
 }
