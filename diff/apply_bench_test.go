@@ -100,13 +100,12 @@ func BenchmarkApply(b *testing.B) {
 		b.Skip("needs root: loop filesystem, chown")
 	}
 	inputs := loadBenchInputs(b)
-	// Like ../shared/peers: direct I/O on the loop device, noatime, and the
-	// inode tables written at mkfs time rather than by a background thread
-	// during the first samples.
+	// Like ../shared/peers: direct I/O on the loop device, and the inode
+	// tables written at mkfs time rather than by a background thread during
+	// the first samples.
 	fs := loopfs.NewFS(b, "ext4", 4<<30, loopfs.Options{
-		DirectIO:  true,
-		MountData: "noatime",
-		MkfsArgs:  []string{"-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"},
+		DirectIO: true,
+		MkfsArgs: []string{"-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"},
 	}).Dir
 	for _, workload := range []string{"small", "big"} {
 		in := inputs[workload]

@@ -53,8 +53,9 @@ type FS struct {
 
 // Options tune Make beyond type and size.
 type Options struct {
-	// MountData is passed to mount(2) as the options string (e.g.
-	// "noatime", or "compress=zstd" on btrfs).
+	// MountData is passed to mount(2) as the filesystem's options string
+	// (e.g. "compress=zstd" on btrfs, "nodiscard" on ext4). Generic flags
+	// such as noatime are not data: the kernel refuses them here (EINVAL).
 	MountData string
 	// DirectIO makes the loop device bypass the page cache of the image
 	// file, so benchmarks do not count data cached twice.
