@@ -70,6 +70,16 @@ func Run(t *testing.T, newDriver Factory) {
 			runTreeCase(newHarness(t, newDriver), c)
 		})
 	}
+	for _, c := range editCases() {
+		t.Run(c.name, func(t *testing.T) {
+			runEditCase(newHarness(t, newDriver), c)
+		})
+	}
+	for _, c := range gapCases {
+		t.Run(c.name, func(t *testing.T) {
+			c.run(newHarness(t, newDriver))
+		})
+	}
 }
 
 // harness is one case's driver with helpers that fail the test with a
@@ -267,15 +277,25 @@ func (h *harness) changes(name, parent string) []string {
 // only optional lines and "C" lines for directories above a wanted path.
 func (h *harness) checkChanges(got, want []string, optional ...string) {
 	h.t.Helper()
-	have := map[string]bool{}
+	if problems := changesProblems(got, want, optional); len(problems) > 0 {
+		h.t.Errorf("Changes wrong:\n  %s\nwant (plus optional C of parent dirs):\n  %s\ngot:\n  %s",
+			strings.Join(problems, "\n  "), strings.Join(want, "\n  "), strings.Join(got, "\n  "))
+	}
+}
+
+// changesProblems lists how got departs from want under checkChanges'
+// rule; none means it matches. A line listed twice is a problem too: a
+// differ that reports a path twice would export it twice.
+func changesProblems(got, want, optional []string) []string {
+	have := map[string]int{}
 	for _, g := range got {
-		have[g] = true
+		have[g]++
 	}
 	var problems []string
 	wanted := map[string]bool{}
 	for _, w := range want {
 		wanted[w] = true
-		if !have[w] {
+		if have[w] == 0 {
 			problems = append(problems, "missing "+w)
 		}
 	}
@@ -283,6 +303,10 @@ func (h *harness) checkChanges(got, want []string, optional ...string) {
 		wanted[o] = true
 	}
 	for _, g := range got {
+		if have[g] > 1 {
+			problems = append(problems, "listed twice "+g)
+			have[g] = 1
+		}
 		if wanted[g] {
 			continue
 		}
@@ -291,10 +315,7 @@ func (h *harness) checkChanges(got, want []string, optional ...string) {
 		}
 		problems = append(problems, "unexpected "+g)
 	}
-	if len(problems) > 0 {
-		h.t.Errorf("Changes wrong:\n  %s\nwant (plus optional C of parent dirs):\n  %s\ngot:\n  %s",
-			strings.Join(problems, "\n  "), strings.Join(want, "\n  "), strings.Join(got, "\n  "))
-	}
+	return problems
 }
 
 func isAncestorOfAny(dir string, changes []string) bool {

@@ -22,6 +22,10 @@ type treeCase struct {
 	// layers returns the entries of each layer, bottom first.
 	layers      func() [][]fixtures.Entry
 	noRoundTrip bool
+	// knownBug, when set, skips the round trip with this one-line reason:
+	// a bug of the code under test, tracked elsewhere; the tree checks
+	// before the round trip still run.
+	knownBug string
 	// check runs extra checks on the mounted top layer.
 	check func(h *harness, root string)
 }
@@ -42,6 +46,9 @@ func runTreeCase(h *harness, c treeCase) {
 	h.check(top, h.expect(layers...))
 	if c.check != nil {
 		h.with(top, func(root string) { c.check(h, root) })
+	}
+	if c.knownBug != "" && !c.noRoundTrip && !h.t.Failed() {
+		h.t.Skip("known bug: " + c.knownBug)
 	}
 	if !c.noRoundTrip && !h.t.Failed() {
 		h.roundTrip(top, parent)
@@ -306,6 +313,12 @@ func treeCases() []treeCase {
 			// 1000 bytes: xfs refuses symlink targets over 1024.
 			symlink("long-target", strings.Repeat("t/", 500)),
 		))},
+		{name: "WideDir500", layers: layers(wideDir(500))},
+		// A tar name of exactly 4096 bytes (PATH_MAX, with no room for the
+		// NUL): appliers and differs must work below the layer root by
+		// directory fds, as no single path syscall takes it.
+		{name: "Path4096", layers: layers(path4096()),
+			knownBug: "diff.Export lstats and opens root+path, so a layer path longer than PATH_MAX minus the root's length fails with ENAMETOOLONG (Apply and Changes handle it)"},
 		{name: "UnicodeNames", layers: layers([]E{
 			dir("日本語", 0o755),
 			file("日本語/ファイル", "ja", 0o644),
@@ -333,4 +346,36 @@ func treeCases() []treeCase {
 			}
 		}},
 	}
+}
+
+// wideDir is one directory of n files, half in a subdirectory level of
+// their own so both files and dirs are many.
+func wideDir(n int) []E {
+	es := []E{dir("wide", 0o755)}
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("wide/entry-%04d", i)
+		if i%2 == 0 {
+			es = append(es, file(name, fmt.Sprint(i), 0o644))
+		} else {
+			es = append(es, dir(name, 0o711))
+		}
+	}
+	return es
+}
+
+// path4096 makes a file whose tar name is 4096 bytes: 17 components of
+// 240 bytes and 16 slashes.
+func path4096() []E {
+	var es []E
+	p := ""
+	for i := 0; i < 16; i++ {
+		p += fmt.Sprintf("%s%02d", strings.Repeat("p", 238), i)
+		es = append(es, dir(p, 0o755))
+		p += "/"
+	}
+	leaf := p + strings.Repeat("f", 240)
+	if len(leaf) != 4096 {
+		panic(fmt.Sprintf("path4096: %d bytes", len(leaf)))
+	}
+	return append(es, file(leaf, "4096 bytes deep", 0o644))
 }
