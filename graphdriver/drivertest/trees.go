@@ -318,7 +318,7 @@ func treeCases() []treeCase {
 		// NUL): appliers and differs must work below the layer root by
 		// directory fds, as no single path syscall takes it.
 		{name: "Path4096", layers: layers(path4096()),
-			knownBug: "diff.Export lstats and opens root+path, so a layer path longer than PATH_MAX minus the root's length fails with ENAMETOOLONG (Apply and Changes handle it)"},
+			knownBug: "diff.Export (lstat/open) and diff.Changes (open directory) use root+path, so paths longer than PATH_MAX minus the root's length fail with ENAMETOOLONG; Apply handles them"},
 		{name: "UnicodeNames", layers: layers([]E{
 			dir("日本語", 0o755),
 			file("日本語/ファイル", "ja", 0o644),
