@@ -19,6 +19,12 @@ type dirHandle struct {
 	// wrote, directory times) is keyed by it, so that an entry written
 	// through a symlinked parent and a whiteout naming the real path agree.
 	canon string
+	// newGid is the group the kernel gives files created here (the
+	// caller's, or the directory's when it is setgid or the filesystem is
+	// mounted grpid), learned from the first file; with gidKnown, files
+	// whose header asks for exactly that owner skip their chown.
+	newGid   uint32
+	gidKnown bool
 }
 
 // child returns the canonical path of name inside d.

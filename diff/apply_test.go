@@ -290,6 +290,26 @@ func TestApplyFunctional(t *testing.T) {
 			},
 		},
 		{
+			// Files owned by the applier skip their chown: a directory that
+			// turns setgid between two files must not leak its group into
+			// the second.
+			name: "owner fast path: directory turns setgid mid-layer",
+			ents: []atEnt{
+				atDir("d", 0o755),
+				atFile("d/first", "x", 0o644),
+				atWith(atDir("d", 0o2775), func(h *tar.Header) { h.Gid = 77 }),
+				atFile("d/second", "x", 0o644),
+				atWith(atFile("d/third", "x", 0o644), func(h *tar.Header) { h.Gid = 77 }),
+			},
+			check: func(t *testing.T, root string, _ []string) {
+				for name, gid := range map[string]uint32{"d/first": 0, "d/second": 0, "d/third": 77, "d": 77} {
+					if st := atLstat(t, filepath.Join(root, name)); st.Uid != 0 || st.Gid != gid {
+						t.Errorf("%s: owner %d:%d, want 0:%d", name, st.Uid, st.Gid, gid)
+					}
+				}
+			},
+		},
+		{
 			name: "times: nanoseconds, before 1970, after 2038, dirs after children",
 			ents: []atEnt{
 				atWith(atDir("d", 0o755), func(h *tar.Header) { h.ModTime = pre1970 }),
