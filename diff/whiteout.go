@@ -106,7 +106,8 @@ func (f overlayFormat) opaqueXattr() string {
 
 func (overlayFormat) whiteout(a *applier, parent *dirHandle, name, canon string) error {
 	for attempt := 0; ; attempt++ {
-		err := unix.Mknodat(parent.fd, name, unix.S_IFCHR|0, 0)
+		// Permissions 0000 and device 0/0, as overlayfs makes them itself.
+		err := unix.Mknodat(parent.fd, name, unix.S_IFCHR, 0)
 		if err == nil {
 			a.whited[canon] = struct{}{}
 			return nil
