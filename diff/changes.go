@@ -3,10 +3,10 @@ package diff
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -22,7 +22,10 @@ import (
 // so besides the result only the listings of the directories on the
 // current path are held, never a whole tree. The roots themselves are not
 // compared (a layer tar has no entry for "/"), and may be symlinks to the
-// directories; nothing below them is ever followed.
+// directories; nothing below them is ever followed. Entries are read
+// relative to open directory descriptors, one name at a time, so paths
+// longer than PATH_MAX below the roots are handled, and a directory
+// swapped for a symlink or a file during the walk is an error naming it.
 //
 // What counts as a change:
 //
@@ -67,18 +70,20 @@ import (
 // comes before its children, and "/a/b" before "/a.b". Export writes its tar
 // in the same order.
 func Changes(ctx context.Context, lower, upper string) ([]Change, error) {
-	d := differ{ctx: ctx, lower: lower, upper: upper}
-	if err := checkRoot("upper", upper); err != nil {
+	d := differ{ctx: ctx}
+	var err error
+	if d.u, err = openRoot("upper", upper); err != nil {
 		return nil, err
 	}
-	var err error
+	defer d.u.close()
 	if lower != "" {
-		if err := checkRoot("lower", lower); err != nil {
+		if d.l, err = openRoot("lower", lower); err != nil {
 			return nil, err
 		}
-		err = d.compareDir("/")
+		defer d.l.close()
+		err = d.compareDir()
 	} else {
-		err = d.addTree("/")
+		err = d.addTree()
 	}
 	if err != nil {
 		return nil, err
@@ -86,25 +91,25 @@ func Changes(ctx context.Context, lower, upper string) ([]Change, error) {
 	return d.changes, nil
 }
 
-// checkRoot makes sure a tree root exists and is a directory, so that a
-// wrong path is reported as such rather than as an empty tree.
-func checkRoot(which, dir string) error {
-	fi, err := os.Stat(dir)
+// openRoot opens a tree root, making sure it exists and is a directory, so
+// that a wrong path is reported as such rather than as an empty tree.
+func openRoot(which, dir string) (*dirStack, error) {
+	s, err := openDirStack(dir)
 	if err != nil {
-		return fmt.Errorf("changes: %s: %w", which, err)
+		return nil, fmt.Errorf("changes: %s: %w", which, err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("changes: %s %s is not a directory", which, dir)
-	}
-	return nil
+	return s, nil
 }
 
-// differ holds the state of one double walk.
+// differ holds the state of one double walk. The trees are read through
+// directory descriptors (see dirStack): l and u are open on the directory
+// being compared, so paths of any length are handled and no symlink below
+// the roots is followed.
 type differ struct {
-	ctx          context.Context
-	lower, upper string
-	changes      []Change
-	n            int // entries visited, to check ctx now and then
+	ctx     context.Context
+	l, u    *dirStack // lower and upper; l is nil for an empty lower
+	changes []Change
+	n       int // entries visited, to check ctx now and then
 }
 
 func (d *differ) emit(p string, k ChangeKind) {
@@ -123,20 +128,21 @@ func (d *differ) checkCtx() error {
 	return nil
 }
 
-// compareDir merges the sorted listings of directory rel in both trees.
-// rel is a directory in both.
-func (d *differ) compareDir(rel string) error {
+// compareDir merges the sorted listings of the directory both stacks are
+// on, a directory in both trees.
+func (d *differ) compareDir() error {
 	if err := d.ctx.Err(); err != nil {
 		return fmt.Errorf("changes: %w", err)
 	}
-	lents, err := readDirStat(filepath.Join(d.lower, rel))
+	lents, err := d.l.list()
 	if err != nil {
-		return err
+		return fmt.Errorf("changes: %w", err)
 	}
-	uents, err := readDirStat(filepath.Join(d.upper, rel))
+	uents, err := d.u.list()
 	if err != nil {
-		return err
+		return fmt.Errorf("changes: %w", err)
 	}
+	rel := d.u.cur
 	i, j := 0, 0
 	for i < len(lents) || j < len(uents) {
 		if err := d.checkCtx(); err != nil {
@@ -147,16 +153,15 @@ func (d *differ) compareDir(rel string) error {
 			d.emit(joinLayerPath(rel, lents[i].name), ChangeDelete)
 			i++
 		case i == len(lents) || uents[j].name < lents[i].name:
-			p := joinLayerPath(rel, uents[j].name)
-			d.emit(p, ChangeAdd)
+			d.emit(joinLayerPath(rel, uents[j].name), ChangeAdd)
 			if isDir(&uents[j].st) {
-				if err := d.addTree(p); err != nil {
+				if err := d.addSubtree(uents[j].name); err != nil {
 					return err
 				}
 			}
 			j++
 		default:
-			if err := d.compareEntry(joinLayerPath(rel, uents[j].name), &lents[i].st, &uents[j].st); err != nil {
+			if err := d.compareEntry(uents[j].name, &lents[i].st, &uents[j].st); err != nil {
 				return err
 			}
 			i++
@@ -166,48 +171,73 @@ func (d *differ) compareDir(rel string) error {
 	return nil
 }
 
-// compareEntry handles path p present in both trees, with stats ls and us.
-func (d *differ) compareEntry(p string, ls, us *unix.Stat_t) error {
+// compareEntry handles entry name of the current directory, present in both
+// trees, with stats ls and us.
+func (d *differ) compareEntry(name string, ls, us *unix.Stat_t) error {
+	p := joinLayerPath(d.u.cur, name)
 	ldir, udir := isDir(ls), isDir(us)
 	if ldir != udir {
 		d.emit(p, ChangeDelete)
 		d.emit(p, ChangeAdd)
 		if udir {
-			return d.addTree(p)
+			return d.addSubtree(name)
 		}
 		return nil
 	}
-	same, err := sameEntry(filepath.Join(d.lower, p), filepath.Join(d.upper, p), ls, us)
+	same, err := sameEntry(d.l, d.u, name, ls, us)
 	if err != nil {
 		return fmt.Errorf("changes: compare %s: %w", p, err)
 	}
 	if !same {
 		d.emit(p, ChangeModify)
 	}
-	if udir {
-		return d.compareDir(p)
+	if !udir {
+		return nil
 	}
-	return nil
+	if err := d.l.push(name); err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	if err := d.u.push(name); err != nil {
+		return errors.Join(fmt.Errorf("changes: %w", err), d.l.pop())
+	}
+	err = d.compareDir()
+	if perr := errors.Join(d.l.pop(), d.u.pop()); perr != nil && err == nil {
+		err = fmt.Errorf("changes: %w", perr)
+	}
+	return err
 }
 
-// addTree reports every descendant of directory p of upper as added, in
-// component order.
-func (d *differ) addTree(p string) error {
+// addSubtree reports every descendant of directory name of the current
+// upper directory as added.
+func (d *differ) addSubtree(name string) error {
+	if err := d.u.push(name); err != nil {
+		return fmt.Errorf("changes: %w", err)
+	}
+	err := d.addTree()
+	if perr := d.u.pop(); perr != nil && err == nil {
+		err = fmt.Errorf("changes: %w", perr)
+	}
+	return err
+}
+
+// addTree reports every descendant of the directory the upper stack is on
+// as added, in component order.
+func (d *differ) addTree() error {
 	if err := d.ctx.Err(); err != nil {
 		return fmt.Errorf("changes: %w", err)
 	}
-	ents, err := readDirStat(filepath.Join(d.upper, p))
+	ents, err := d.u.list()
 	if err != nil {
-		return err
+		return fmt.Errorf("changes: %w", err)
 	}
+	p := d.u.cur
 	for i := range ents {
 		if err := d.checkCtx(); err != nil {
 			return err
 		}
-		c := joinLayerPath(p, ents[i].name)
-		d.emit(c, ChangeAdd)
+		d.emit(joinLayerPath(p, ents[i].name), ChangeAdd)
 		if isDir(&ents[i].st) {
-			if err := d.addTree(c); err != nil {
+			if err := d.addSubtree(ents[i].name); err != nil {
 				return err
 			}
 		}
@@ -217,43 +247,10 @@ func (d *differ) addTree(p string) error {
 
 func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
-// dirEntry is a directory entry with its lstat.
-type dirEntry struct {
-	name string
-	st   unix.Stat_t
-}
-
-// readDirStat lists directory dir in byte order of names, with each
-// entry's lstat. The entries are stat'ed relative to the open directory
-// (fstatat) rather than by full path: the kernel then resolves one name,
-// not the whole path, which is most of the differ's cost on deep trees.
-// The directory is closed before returning, so open descriptors do not
-// grow with the depth of the tree.
-func readDirStat(dir string) ([]dirEntry, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("changes: open directory %s: %w", dir, err)
-	}
-	f := os.NewFile(uintptr(fd), dir)
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, fmt.Errorf("changes: read directory %s: %w", dir, err)
-	}
-	sort.Strings(names)
-	ents := make([]dirEntry, len(names))
-	for i, n := range names {
-		ents[i].name = n
-		if err := unix.Fstatat(fd, n, &ents[i].st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return nil, fmt.Errorf("changes: lstat %s: %w", filepath.Join(dir, n), err)
-		}
-	}
-	return ents, nil
-}
-
-// sameEntry compares two entries of the same kind (both directories or
-// both not) by the rules documented on Changes.
-func sameEntry(lp, up string, ls, us *unix.Stat_t) (bool, error) {
+// sameEntry compares entry name of the current directories of l and u, of
+// the same kind (both directories or both not), by the rules documented on
+// Changes.
+func sameEntry(l, u *dirStack, name string, ls, us *unix.Stat_t) (bool, error) {
 	if ls.Dev == us.Dev && ls.Ino == us.Ino {
 		return true, nil
 	}
@@ -270,25 +267,25 @@ func sameEntry(lp, up string, ls, us *unix.Stat_t) (bool, error) {
 			return false, nil
 		}
 	}
-	if eq, err := sameXattrs(lp, up); err != nil || !eq {
+	if eq, err := sameXattrs(l.procPath(name), u.procPath(name)); err != nil || !eq {
 		return false, err
 	}
 	switch typ {
 	case unix.S_IFLNK:
 		// Same size means same target length only; reading two links is
 		// cheap, so always compare the targets.
-		lt, err := os.Readlink(lp)
+		lt, err := readlinkAt(l.fd(), name)
 		if err != nil {
 			return false, err
 		}
-		ut, err := os.Readlink(up)
+		ut, err := readlinkAt(u.fd(), name)
 		if err != nil {
 			return false, err
 		}
 		return lt == ut, nil
 	case unix.S_IFREG:
 		if us.Mtim.Nsec == 0 && us.Size > 0 {
-			return sameContent(lp, up)
+			return sameContent(l.fd(), u.fd(), name)
 		}
 	}
 	return true, nil
@@ -316,20 +313,6 @@ func sameXattrs(lp, up string) (bool, error) {
 	return true, nil
 }
 
-// exportXattrs returns the attributes of path that belong in a layer.
-func exportXattrs(path string) (map[string][]byte, error) {
-	all, err := xattr.All(path)
-	if err != nil {
-		return nil, err
-	}
-	for k := range all {
-		if !exportXattr(k) {
-			delete(all, k)
-		}
-	}
-	return all, nil
-}
-
 // exportXattr says whether attribute name travels in a layer tar.
 // Overlay-internal attributes steer the kernel and must never leave the
 // host (DESIGN.md). security.selinux is a label the host's policy gave the
@@ -340,14 +323,15 @@ func exportXattr(name string) bool {
 	return !xattr.IsOverlayInternal(name) && name != "security.selinux"
 }
 
-// sameContent compares two regular files of equal size byte by byte.
-func sameContent(lp, up string) (bool, error) {
-	lf, err := os.Open(lp)
+// sameContent compares regular files name of directories lfd and ufd, of
+// equal size, byte by byte.
+func sameContent(lfd, ufd int, name string) (bool, error) {
+	lf, err := openFileAt(lfd, name)
 	if err != nil {
 		return false, err
 	}
 	defer lf.Close()
-	uf, err := os.Open(up)
+	uf, err := openFileAt(ufd, name)
 	if err != nil {
 		return false, err
 	}
@@ -375,12 +359,14 @@ func sameContent(lp, up string) (bool, error) {
 	}
 }
 
-func lstatNoFollow(path string) (unix.Stat_t, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return st, &os.PathError{Op: "lstat", Path: path, Err: err}
+// openFileAt opens entry name of directory fd for reading, without
+// following it if it is a symlink.
+func openFileAt(dirfd int, name string) (*os.File, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	return st, nil
+	return os.NewFile(uintptr(fd), name), nil
 }
 
 // joinLayerPath joins an absolute layer path and a name.

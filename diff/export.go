@@ -5,9 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,6 +38,11 @@ var whiteoutTime = time.Unix(0, 0)
 // xattrs as SCHILY.xattr records (overlay-internal ones and security.selinux
 // are never written, see exportXattr).
 //
+// Entries are read relative to open directory descriptors, one name at a
+// time, so paths longer than PATH_MAX below root are handled; nothing below
+// root is followed, and a path component that is not a directory (a
+// symlink included) is an error naming it.
+//
 // Every parent directory of a changed path is written too, with its
 // attributes from root, even when unchanged, so that the tar is
 // self-contained for any applier (containerd does the same).
@@ -67,16 +70,22 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	copy(sorted, changes)
 	SortChanges(sorted)
 
+	ds, err := openDirStack(root)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	e := &exporter{
 		ctx:     ctx,
 		tw:      tar.NewWriter(w),
 		root:    root,
+		ds:      ds,
 		opts:    opts,
 		dirs:    make(map[string]bool),
 		links:   make(map[inodeKey]string),
 		changes: sorted,
 		buf:     make([]byte, 128<<10),
 	}
+	defer e.ds.close()
 	last := "" // path of the last change written, to write duplicates once
 	for i := 0; i < len(sorted); i++ {
 		if err := ctx.Err(); err != nil {
@@ -157,6 +166,13 @@ type exporter struct {
 	ctx  context.Context
 	tw   *tar.Writer
 	root string
+	// ds is open on the directory of the last entry written: entries come
+	// in component order, so most entries only need their parent's
+	// descriptor, already open, and moving to the next directory opens
+	// (and closes) one level at a time. Entries are read relative to it,
+	// so paths of any length are handled and nothing below root is
+	// followed.
+	ds   *dirStack
 	opts ExportOptions
 	// dirs holds the directories already in the tar, so parents are
 	// written once; files are not remembered, so memory follows the
@@ -184,27 +200,11 @@ func (e *exporter) unchangedName(key inodeKey) (string, error) {
 			}
 		}
 		e.unchangedLinks = make(map[inodeKey]string)
-		err := filepath.WalkDir(e.root, func(full string, d os.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			rel := "/" + strings.TrimPrefix(full[len(e.root):], "/")
-			if exported[rel] {
-				return nil
-			}
-			st, err := lstatNoFollow(full)
-			if err != nil || st.Nlink < 2 {
-				return err
-			}
-			k := inodeKey{uint64(st.Dev), st.Ino}
-			if _, seen := e.unchangedLinks[k]; !seen {
-				e.unchangedLinks[k] = tarName(rel, false)
-			}
-			return nil
-		})
+		s, err := openDirStack(e.root)
+		if err == nil {
+			err = e.walkLinks(s, exported)
+			s.close()
+		}
 		if err != nil {
 			return "", fmt.Errorf("export: find unchanged hardlinks: %w", err)
 		}
@@ -212,27 +212,67 @@ func (e *exporter) unchangedName(key inodeKey) (string, error) {
 	return e.unchangedLinks[key], nil
 }
 
+// walkLinks records in e.unchangedLinks the hardlinked regular files below
+// the top directory of s that are not exported, depth first in name order.
+func (e *exporter) walkLinks(s *dirStack, exported map[string]bool) error {
+	if err := e.ctx.Err(); err != nil {
+		return err
+	}
+	ents, err := s.list()
+	if err != nil {
+		return err
+	}
+	for i := range ents {
+		st := &ents[i].st
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			if st.Nlink < 2 {
+				continue
+			}
+			p := joinLayerPath(s.cur, ents[i].name)
+			if exported[p] {
+				continue
+			}
+			k := inodeKey{uint64(st.Dev), st.Ino}
+			if _, seen := e.unchangedLinks[k]; !seen {
+				e.unchangedLinks[k] = tarName(p, false)
+			}
+		case unix.S_IFDIR:
+			if err := s.push(ents[i].name); err != nil {
+				return err
+			}
+			err := e.walkLinks(s, exported)
+			if perr := s.pop(); err == nil {
+				err = perr
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // deleted writes the whiteout of p, or, when p was replaced by a new entry,
 // the new entry with what hides the old one.
 func (e *exporter) deleted(p string, replaced bool) error {
-	dir, name := path.Split(p)
-	dir = path.Clean(dir)
-	if err := e.parents(p); err != nil {
+	dirfd, name, err := e.enter(p)
+	if err != nil {
 		return err
 	}
 	if replaced {
-		st, err := lstatNoFollow(filepath.Join(e.root, p))
+		st, err := lstatAt(dirfd, name)
 		if err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
+			return fmt.Errorf("export %s: lstat %s: %w", p, e.ds.hostPath(p), err)
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			if err := e.entry(p); err != nil {
+			if err := e.writeEntry(p, name, &st); err != nil {
 				return err
 			}
 			return e.marker(tarName(p, true) + WhiteoutOpaqueDir)
 		}
 	}
-	if err := e.marker(tarName(dir, true) + WhiteoutPrefix + name); err != nil {
+	if err := e.marker(tarName(e.ds.cur, true) + WhiteoutPrefix + name); err != nil {
 		return err
 	}
 	if replaced {
@@ -256,40 +296,74 @@ func (e *exporter) marker(name string) error {
 	return nil
 }
 
-// parents writes every ancestor directory of p not written yet.
-func (e *exporter) parents(p string) error {
-	dir := path.Dir(p)
-	if dir == "/" || e.dirs[dir] {
-		return nil
+// enter moves e.ds to the parent directory of p, writing every ancestor
+// directory of p not written yet, and returns the parent's descriptor and
+// p's name in it.
+func (e *exporter) enter(p string) (int, string, error) {
+	name := lastName(p)
+	dir := p[:len(p)-len(name)-1]
+	if dir == "" {
+		dir = "/"
 	}
-	if err := e.parents(dir); err != nil {
-		return err
+	s := e.ds
+	if dir == s.cur {
+		return s.fd(), name, nil
 	}
-	st, err := lstatNoFollow(filepath.Join(e.root, dir))
-	if err != nil {
-		return fmt.Errorf("export %s: parent: %w", p, err)
+	for !isUnder(dir, s.cur) {
+		if err := s.pop(); err != nil {
+			return -1, "", fmt.Errorf("export %s: %w", p, err)
+		}
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("export %s: parent %s is not a directory in %s", p, dir, e.root)
+	// rest is "/c1/c2...", the components still to enter, or "".
+	rest := dir[len(s.cur):]
+	if s.cur == "/" && dir != "/" {
+		rest = dir
 	}
-	return e.writeEntry(dir, &st)
+	for rest != "" {
+		rest = rest[1:] // the slash before the next component
+		c := rest
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			c, rest = rest[:i], rest[i:]
+		} else {
+			rest = ""
+		}
+		sub := joinLayerPath(s.cur, c)
+		if !e.dirs[sub] {
+			st, err := lstatAt(s.fd(), c)
+			if err != nil {
+				return -1, "", fmt.Errorf("export %s: parent: lstat %s: %w", p, s.hostPath(sub), err)
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				return -1, "", fmt.Errorf("export %s: parent %s is not a directory in %s", p, sub, e.root)
+			}
+			if err := e.writeEntry(sub, c, &st); err != nil {
+				return -1, "", err
+			}
+		}
+		if err := s.push(c); err != nil {
+			return -1, "", fmt.Errorf("export %s: parent: %w", p, err)
+		}
+	}
+	return s.fd(), name, nil
 }
 
 // entry writes path p of root with its parents.
 func (e *exporter) entry(p string) error {
-	if err := e.parents(p); err != nil {
+	dirfd, name, err := e.enter(p)
+	if err != nil {
 		return err
 	}
-	st, err := lstatNoFollow(filepath.Join(e.root, p))
+	st, err := lstatAt(dirfd, name)
 	if err != nil {
-		return fmt.Errorf("export %s: %w", p, err)
+		return fmt.Errorf("export %s: lstat %s: %w", p, e.ds.hostPath(p), err)
 	}
-	return e.writeEntry(p, &st)
+	return e.writeEntry(p, name, &st)
 }
 
-// writeEntry writes the header (and content) of p, whose lstat is st.
-func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
-	full := filepath.Join(e.root, p)
+// writeEntry writes the header (and content) of p, whose lstat is st and
+// which is entry name of the directory e.ds is on.
+func (e *exporter) writeEntry(p, name string, st *unix.Stat_t) error {
+	dirfd := e.ds.fd()
 	typ := st.Mode & unix.S_IFMT
 	if typ == unix.S_IFDIR {
 		e.dirs[p] = true
@@ -336,9 +410,9 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 		}
 	case unix.S_IFLNK:
 		hdr.Typeflag = tar.TypeSymlink
-		target, err := os.Readlink(full)
+		target, err := readlinkAt(dirfd, name)
 		if err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
+			return fmt.Errorf("export %s: readlink: %w", p, err)
 		}
 		hdr.Linkname = target
 	case unix.S_IFCHR, unix.S_IFBLK:
@@ -355,7 +429,7 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 	default:
 		return fmt.Errorf("export %s: unsupported file type %#o", p, typ)
 	}
-	xattrs, err := exportXattrs(full)
+	xattrs, err := exportXattrs(e.ds.procPath(name))
 	if err != nil {
 		return fmt.Errorf("export %s: %w", p, err)
 	}
@@ -371,21 +445,22 @@ func (e *exporter) writeEntry(p string, st *unix.Stat_t) error {
 		return fmt.Errorf("export %s: %w", p, err)
 	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-		return e.copyContent(p, full, hdr.Size)
+		return e.copyContent(p, dirfd, name, hdr.Size)
 	}
 	return nil
 }
 
-// copyContent writes exactly size bytes of file full. A file that shrank
+// copyContent writes exactly size bytes of file name of directory dirfd
+// (layer path p). A file that shrank
 // since it was stat'ed is an error (the header already promised size
 // bytes); growth past size is not seen, as with any tar of a live tree.
-func (e *exporter) copyContent(p, full string, size int64) error {
+func (e *exporter) copyContent(p string, dirfd int, name string, size int64) error {
 	// O_NOFOLLOW: the entry was lstat'ed as a regular file; if it has
 	// been swapped for a symlink since, fail rather than read whatever it
 	// points to (possibly outside root). A raw descriptor rather than an
 	// os.File: os.OpenFile tries to register every file with the poller,
 	// a wasted syscall per file that BenchmarkExport showed at ~10%.
-	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("export %s: open: %w", p, err)
 	}

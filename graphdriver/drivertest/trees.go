@@ -22,10 +22,6 @@ type treeCase struct {
 	// layers returns the entries of each layer, bottom first.
 	layers      func() [][]fixtures.Entry
 	noRoundTrip bool
-	// knownBug, when set, skips the round trip with this one-line reason:
-	// a bug of the code under test, tracked elsewhere; the tree checks
-	// before the round trip still run.
-	knownBug string
 	// check runs extra checks on the mounted top layer.
 	check func(h *harness, root string)
 }
@@ -46,9 +42,6 @@ func runTreeCase(h *harness, c treeCase) {
 	h.check(top, h.expect(layers...))
 	if c.check != nil {
 		h.with(top, func(root string) { c.check(h, root) })
-	}
-	if c.knownBug != "" && !c.noRoundTrip && !h.t.Failed() {
-		h.t.Skip("known bug: " + c.knownBug)
 	}
 	if !c.noRoundTrip && !h.t.Failed() {
 		h.roundTrip(top, parent)
@@ -317,8 +310,7 @@ func treeCases() []treeCase {
 		// A tar name of exactly 4096 bytes (PATH_MAX, with no room for the
 		// NUL): appliers and differs must work below the layer root by
 		// directory fds, as no single path syscall takes it.
-		{name: "Path4096", layers: layers(path4096()),
-			knownBug: "diff.Export (lstat/open) and diff.Changes (open directory) use root+path, so paths longer than PATH_MAX minus the root's length fail with ENAMETOOLONG; Apply handles them"},
+		{name: "Path4096", layers: layers(path4096())},
 		{name: "UnicodeNames", layers: layers([]E{
 			dir("日本語", 0o755),
 			file("日本語/ファイル", "ja", 0o644),
