@@ -25,7 +25,7 @@ import (
 type editCase struct {
 	name  string
 	needs []string // features probed first; the case skips without them
-	lower [][]E    // fixture layers, bottom first; nil for an empty parent
+	lower [][]ent  // fixture layers, bottom first; nil for an empty parent
 	steps []editStep
 }
 
@@ -208,8 +208,8 @@ func (h *harness) checkReplacementOrder(name, parent string) {
 }
 
 // continuityBase is continuity's FSSuite base layer, as a fixture.
-func continuityBase() []E {
-	return []E{
+func continuityBase() []ent {
+	return []ent{
 		dir("etc", 0o755),
 		file("etc/hosts", "127.0.0.1 localhost", 0o644),
 		hardlink("etc/hosts.allow", "etc/hosts", fixtures.Mode(0o644)),
@@ -232,7 +232,7 @@ func editCases() []editCase {
 		// of the same length, in the same second as the lower copy, must
 		// still be a change; the lower copy's mtime has no sub-second
 		// part, so the differ has to read content to tell.
-		{name: "LayerFileUpdate", lower: [][]E{{
+		{name: "LayerFileUpdate", lower: [][]ent{{
 			dir("etc", 0o700),
 			file("etc/hosts", "mydomain 10.0.0.1", 0o644),
 			file("etc/profile", "PATH=/usr/bin", 0o644),
@@ -253,7 +253,7 @@ func editCases() []editCase {
 		// docker#25244: a directory of a lower layer removed and made
 		// again must not show the old children, in this commit or the
 		// next one.
-		{name: "RemoveDirectoryInLowerLayer", lower: [][]E{{
+		{name: "RemoveDirectoryInLowerLayer", lower: [][]ent{{
 			dir("lib", 0o700),
 			file("lib/hidden", "", 0o644),
 		}}, steps: []editStep{{
@@ -271,7 +271,7 @@ func editCases() []editCase {
 
 		// docker#20240 (aufs), #24913 (overlay), #28391 (overlay2): a
 		// chown of lower directories and a file is kept by the commit.
-		{name: "Chown", needs: []string{"chown"}, lower: [][]E{{
+		{name: "Chown", needs: []string{"chown"}, lower: [][]ent{{
 			dir("opt", 0o700),
 			dir("opt/a", 0o700),
 			dir("opt/a/b", 0o700),
@@ -283,7 +283,7 @@ func editCases() []editCase {
 
 		// docker#25409: renames of a lower directory and of files, one
 		// over an existing name.
-		{name: "Rename", lower: [][]E{{
+		{name: "Rename", lower: [][]ent{{
 			dir("dir1", 0o700),
 			dir("somefiles", 0o700),
 			file("somefiles/f1", "was here first!", 0o644),
@@ -301,7 +301,7 @@ func editCases() []editCase {
 		// docker#27298, containerd's three-layer form (DirPermOnCommit is
 		// the one-step form): owners set, reset, and set again on
 		// directories removed and made again, across commits.
-		{name: "DirectoryPermissionOnCommit", needs: []string{"chown"}, lower: [][]E{{
+		{name: "DirectoryPermissionOnCommit", needs: []string{"chown"}, lower: [][]ent{{
 			dir("dir1", 0o700, owner(1, 1)),
 			dir("dir2", 0o700, owner(1, 1)),
 			dir("dir3", 0o700, owner(1, 1)),
@@ -321,7 +321,7 @@ func editCases() []editCase {
 
 		// containerd DeletedFilesInChildSnapshot: a file deleted in one
 		// commit stays deleted in a child that changes nothing.
-		{name: "DeletedFilesInChild", lower: [][]E{{
+		{name: "DeletedFilesInChild", lower: [][]ent{{
 			file("foo", "foo\n", 0o777),
 			file("foobar", "foobar\n", 0o777),
 		}}, steps: []editStep{{
@@ -339,7 +339,7 @@ func editCases() []editCase {
 
 		// containerd MoveFileFromLowerLayer: a lower file moved into a new
 		// directory.
-		{name: "MoveFileFromLowerLayer", lower: [][]E{{
+		{name: "MoveFileFromLowerLayer", lower: [][]ent{{
 			dir("dir1", 0o755),
 			file("dir1/f1", "hello", 0o644),
 		}}, steps: []editStep{{
@@ -349,7 +349,7 @@ func editCases() []editCase {
 
 		// continuity FSSuite: each applier after the first is one commit.
 
-		{name: "FSBasic", lower: [][]E{continuityBase()}, steps: []editStep{{
+		{name: "FSBasic", lower: [][]ent{continuityBase()}, steps: []editStep{{
 			edit: ops(
 				writeF("etc/hosts", "127.0.0.1 localhost.localdomain", 0o644),
 				writeF("etc/fstab", "/dev/sda1\t/\text4\tdefaults 1 1\n", 0o600),
@@ -377,7 +377,7 @@ func editCases() []editCase {
 			optional: []string{"C /etc/hosts"},
 		}}},
 
-		{name: "FSDeletion", lower: [][]E{{
+		{name: "FSDeletion", lower: [][]ent{{
 			dir("test", 0o755),
 			dir("test/somedir", 0o755),
 			dir("lib", 0o700),
@@ -399,7 +399,7 @@ func editCases() []editCase {
 			changes: one("D /test/a", "D /test/b", "D /test/otherdir", "A /lib/newfile"),
 		}}},
 
-		{name: "FSUpdate", lower: [][]E{{
+		{name: "FSUpdate", lower: [][]ent{{
 			dir("d1", 0o755),
 			dir("d2", 0o700),
 			file("d1/f1", "something...", 0o644),
@@ -416,7 +416,7 @@ func editCases() []editCase {
 			changes: one("C /d1/f1", "C /d1/f2", "C /d1/f3", "C /d2"),
 		}}},
 
-		{name: "FSDirectoryPermission", lower: [][]E{{
+		{name: "FSDirectoryPermission", lower: [][]ent{{
 			dir("d1", 0o700),
 			dir("d2", 0o751),
 			dir("d3", 0o777),
@@ -442,7 +442,7 @@ func editCases() []editCase {
 
 		// The parents of a changed file keep their (restrictive) modes
 		// in the commit, which writes them to hold the file.
-		{name: "FSParentDirectoryPermission", lower: [][]E{{
+		{name: "FSParentDirectoryPermission", lower: [][]ent{{
 			dir("d1", 0o700),
 			dir("d1/a", 0o700),
 			dir("d1/a/b", 0o700),
@@ -458,7 +458,7 @@ func editCases() []editCase {
 			changes: one("C /d1/a/b/f", "D /d2/a/b/c"),
 		}}},
 
-		{name: "FSHardlinkUnmodified", lower: [][]E{continuityBase()}, steps: []editStep{{
+		{name: "FSHardlinkUnmodified", lower: [][]ent{continuityBase()}, steps: []editStep{{
 			edit:    writeF("etc/hosts", "127.0.0.1 localhost.localdomain", 0o644),
 			changes: one("C /etc/hosts", "C /etc/hosts.allow"),
 		}, {
@@ -468,7 +468,7 @@ func editCases() []editCase {
 			optional: []string{"C /etc/hosts", "C /etc/hosts.allow"},
 		}}},
 
-		{name: "FSHardlinkBeforeUnmodified", lower: [][]E{continuityBase()}, steps: []editStep{{
+		{name: "FSHardlinkBeforeUnmodified", lower: [][]ent{continuityBase()}, steps: []editStep{{
 			edit:    writeF("etc/hosts", "127.0.0.1 localhost.localdomain", 0o644),
 			changes: one("C /etc/hosts", "C /etc/hosts.allow"),
 		}, {
@@ -479,7 +479,7 @@ func editCases() []editCase {
 			optional: []string{"C /etc/hosts", "C /etc/hosts.allow"},
 		}}},
 
-		{name: "FSHardlinkBeforeModified", lower: [][]E{continuityBase()}, steps: []editStep{{
+		{name: "FSHardlinkBeforeModified", lower: [][]ent{continuityBase()}, steps: []editStep{{
 			edit:    writeF("etc/hosts", "127.0.0.1 localhost.localdomain", 0o644),
 			changes: one("C /etc/hosts", "C /etc/hosts.allow"),
 		}, {
@@ -490,7 +490,7 @@ func editCases() []editCase {
 		}}},
 
 		// ggcr#2029: `rm -rf d && mkdir d` in a container, committed.
-		{name: "RmRfMkdir", lower: [][]E{append(baseLayer(),
+		{name: "RmRfMkdir", lower: [][]ent{append(baseLayer(),
 			dir("var/d", 0o755), dir("var/d/x", 0o755), file("var/d/x/f", "f", 0o644), file("var/d/y", "y", 0o644),
 		)}, steps: []editStep{{
 			edit:    ops(rmF("var/d"), mkdirF("var/d", 0o755), writeF("var/d/again", "a", 0o644)),
@@ -501,30 +501,30 @@ func editCases() []editCase {
 		// documents: a directory replacing a non-directory or the reverse
 		// is "D" then "A" (plus "A" of the new directory's children);
 		// other type changes are one "C".
-		{name: "ChangesFileToDir", lower: [][]E{baseLayer()}, steps: []editStep{{
+		{name: "ChangesFileToDir", lower: [][]ent{baseLayer()}, steps: []editStep{{
 			edit:    ops(rmF("etc/passwd"), mkdirF("etc/passwd", 0o750), writeF("etc/passwd/inside", "i", 0o644)),
 			changes: one("D /etc/passwd", "A /etc/passwd", "A /etc/passwd/inside"),
 		}}},
-		{name: "ChangesSymlinkToDir", lower: [][]E{baseLayer()}, steps: []editStep{{
+		{name: "ChangesSymlinkToDir", lower: [][]ent{baseLayer()}, steps: []editStep{{
 			edit:    ops(rmF("lib"), mkdirF("lib", 0o755), writeF("lib/own", "own", 0o644)),
 			changes: one("D /lib", "A /lib", "A /lib/own"),
 			check: func(h *harness, root string) {
 				h.checkFile(root, "usr/lib/libc.so", strings.Repeat("elf", 3000))
 			},
 		}}},
-		{name: "ChangesDirToFile", lower: [][]E{append(baseLayer(), file("var/empty/f", "f", 0o644))}, steps: []editStep{{
+		{name: "ChangesDirToFile", lower: [][]ent{append(baseLayer(), file("var/empty/f", "f", 0o644))}, steps: []editStep{{
 			edit:    ops(rmF("var/empty"), writeF("var/empty", "now a file", 0o600)),
 			changes: one("D /var/empty", "A /var/empty"),
 		}}},
-		{name: "ChangesDirToSymlink", lower: [][]E{baseLayer()}, steps: []editStep{{
+		{name: "ChangesDirToSymlink", lower: [][]ent{baseLayer()}, steps: []editStep{{
 			edit:    ops(rmF("usr"), symlinkF("var", "usr")),
 			changes: one("D /usr", "A /usr"),
 		}}},
-		{name: "ChangesFileToSymlink", lower: [][]E{baseLayer()}, steps: []editStep{{
+		{name: "ChangesFileToSymlink", lower: [][]ent{baseLayer()}, steps: []editStep{{
 			edit:    ops(rmF("etc/shadow"), symlinkF("passwd", "etc/shadow")),
 			changes: one("C /etc/shadow"),
 		}}},
-		{name: "ChangesSymlinkToFile", lower: [][]E{baseLayer()}, steps: []editStep{{
+		{name: "ChangesSymlinkToFile", lower: [][]ent{baseLayer()}, steps: []editStep{{
 			edit:    ops(rmF("lib"), writeF("lib", "not a link", 0o644)),
 			changes: one("C /lib"),
 		}}},

@@ -39,8 +39,8 @@ func testOpaqueEqualsWhiteouts(h *harness) {
 	lower := append(baseLayer(),
 		dir("var/d", 0o755), dir("var/d/x", 0o755), file("var/d/x/f", "f", 0o644),
 		file("var/d/y", "y", 0o644), symlink("var/d/z", "y"), file("var/d/keep", "old", 0o644))
-	opq := []E{dir("var/d", 0o750), opaque("var/d"), file("var/d/keep", "new", 0o644), file("var/d/new", "n", 0o644)}
-	explicit := []E{
+	opq := []ent{dir("var/d", 0o750), opaque("var/d"), file("var/d/keep", "new", 0o644), file("var/d/new", "n", 0o644)}
+	explicit := []ent{
 		dir("var/d", 0o750),
 		whiteout("var/d/x"), whiteout("var/d/y"), whiteout("var/d/z"), whiteout("var/d/keep"),
 		file("var/d/keep", "new", 0o644), file("var/d/new", "n", 0o644),
@@ -186,7 +186,7 @@ func testGetcwdAfterCopyUp(h *harness) {
 // crashes or hangs, and the layer diffs fine afterwards (containerd's
 // checkRemoveInWalk idea, on the mounted tree).
 func testRemoveDuringWalk(h *harness) {
-	var lower []E
+	var lower []ent
 	for d := 0; d < 16; d++ {
 		lower = append(lower, dir(fmt.Sprintf("d%02d", d), 0o755))
 		for f := 0; f < 25; f++ {

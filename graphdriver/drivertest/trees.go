@@ -74,7 +74,8 @@ func layers(ls ...[]fixtures.Entry) func() [][]fixtures.Entry {
 	return func() [][]fixtures.Entry { return ls }
 }
 
-type E = fixtures.Entry
+// ent is short for the fixture entries the cases list by the dozen.
+type ent = fixtures.Entry
 
 var (
 	dir      = fixtures.Dir
@@ -89,8 +90,8 @@ var (
 )
 
 // baseLayer is a small but typical image layer.
-func baseLayer() []E {
-	return []E{
+func baseLayer() []ent {
+	return []ent{
 		dir("bin", 0o755),
 		file("bin/sh", "#!shell\n", 0o755),
 		dir("etc", 0o755),
@@ -111,9 +112,9 @@ func baseLayer() []E {
 // its parent while copies stay small for drivers that copy.
 func chain(n int) func() [][]fixtures.Entry {
 	return func() [][]fixtures.Entry {
-		ls := [][]E{{dir("layers", 0o755), file("bottom", "from the bottom layer", 0o644), file("counter", "0", 0o644)}}
+		ls := [][]ent{{dir("layers", 0o755), file("bottom", "from the bottom layer", 0o644), file("counter", "0", 0o644)}}
 		for i := 1; i < n; i++ {
-			l := []E{file("counter", fmt.Sprint(i), 0o644)}
+			l := []ent{file("counter", fmt.Sprint(i), 0o644)}
 			if i%20 == 0 {
 				l = append(l, dir("layers", 0o755), file(fmt.Sprintf("layers/f%03d", i), fmt.Sprint(i), 0o644))
 			}
@@ -128,8 +129,8 @@ func chain(n int) func() [][]fixtures.Entry {
 // 128LayersMount).
 func emptyAbove(n int) func() [][]fixtures.Entry {
 	return func() [][]fixtures.Entry {
-		ls := make([][]E, n)
-		ls[0] = []E{file("bottom", "from the bottom layer", 0o644)}
+		ls := make([][]ent, n)
+		ls[0] = []ent{file("bottom", "from the bottom layer", 0o644)}
 		return ls
 	}
 }
@@ -142,7 +143,7 @@ func treeCases() []treeCase {
 	sub := time.Date(2021, 6, 1, 12, 0, 0, 123456789, time.UTC)
 
 	longComp := strings.Repeat("L", 255)
-	var longDirs []E
+	var longDirs []ent
 	deep := ""
 	for i := 0; i < 16; i++ { // 16 * 246 bytes: a path of ~3950 bytes
 		deep += fmt.Sprintf("%s%02d", strings.Repeat("d", 243), i) + "/"
@@ -155,9 +156,9 @@ func treeCases() []treeCase {
 		{name: "EmptyLayer", layers: layers(baseLayer(), nil)},
 		{name: "ParentChain", layers: layers(
 			baseLayer(),
-			[]E{dir("etc", 0o755), file("etc/hostname", "one\n", 0o644)},
-			[]E{dir("etc", 0o755), file("etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644)},
-			[]E{dir("app", 0o755), file("app/run", "run", 0o755)},
+			[]ent{dir("etc", 0o755), file("etc/hostname", "one\n", 0o644)},
+			[]ent{dir("etc", 0o755), file("etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644)},
+			[]ent{dir("app", 0o755), file("app/run", "run", 0o755)},
 		)},
 		{name: "DeepLayerRead128", layers: emptyAbove(128), check: func(h *harness, root string) {
 			h.checkFile(root, "bottom", "from the bottom layer")
@@ -167,47 +168,47 @@ func treeCases() []treeCase {
 			h.checkFile(root, "counter", "199")
 			h.checkFile(root, "layers/f180", "180")
 		}},
-		{name: "WhiteoutFile", layers: layers(baseLayer(), []E{dir("etc", 0o755), whiteout("etc/shadow")})},
+		{name: "WhiteoutFile", layers: layers(baseLayer(), []ent{dir("etc", 0o755), whiteout("etc/shadow")})},
 		{name: "WhiteoutDir", layers: layers(
 			append(baseLayer(), dir("var/lib", 0o755), dir("var/lib/x", 0o755), file("var/lib/x/y", "y", 0o644)),
-			[]E{whiteout("var/lib")},
+			[]ent{whiteout("var/lib")},
 		)},
-		{name: "WhiteoutSymlink", layers: layers(baseLayer(), []E{whiteout("lib")}), check: func(h *harness, root string) {
+		{name: "WhiteoutSymlink", layers: layers(baseLayer(), []ent{whiteout("lib")}), check: func(h *harness, root string) {
 			h.checkFile(root, "usr/lib/libc.so", strings.Repeat("elf", 3000))
 		}},
-		{name: "WhiteoutHardlinkName", layers: layers(baseLayer(), []E{whiteout("bin/bash")})},
-		{name: "WhiteoutOwnLayerBefore", layers: layers(baseLayer(), []E{dir("etc", 0o755), whiteout("etc/passwd"), file("etc/passwd", "new", 0o600)})},
-		{name: "WhiteoutOwnLayerAfter", layers: layers(baseLayer(), []E{dir("etc", 0o755), file("etc/passwd", "new", 0o600), whiteout("etc/passwd")})},
+		{name: "WhiteoutHardlinkName", layers: layers(baseLayer(), []ent{whiteout("bin/bash")})},
+		{name: "WhiteoutOwnLayerBefore", layers: layers(baseLayer(), []ent{dir("etc", 0o755), whiteout("etc/passwd"), file("etc/passwd", "new", 0o600)})},
+		{name: "WhiteoutOwnLayerAfter", layers: layers(baseLayer(), []ent{dir("etc", 0o755), file("etc/passwd", "new", 0o600), whiteout("etc/passwd")})},
 		{name: "OpaqueBeforeEntries", layers: layers(
 			baseLayer(),
-			[]E{dir("etc", 0o711), opaque("etc"), file("etc/only", "only", 0o644), dir("etc/sub", 0o755)},
+			[]ent{dir("etc", 0o711), opaque("etc"), file("etc/only", "only", 0o644), dir("etc/sub", 0o755)},
 		)},
 		{name: "OpaqueAfterEntries", layers: layers(
 			baseLayer(),
-			[]E{dir("etc", 0o711), file("etc/only", "only", 0o644), dir("etc/sub", 0o755), opaque("etc")},
+			[]ent{dir("etc", 0o711), file("etc/only", "only", 0o644), dir("etc/sub", 0o755), opaque("etc")},
 		)},
 		{name: "OpaqueRecreate", layers: layers( // rm -rf d && mkdir d (ggcr#2029)
 			append(baseLayer(), dir("var/d", 0o755), dir("var/d/x", 0o755), file("var/d/x/f", "f", 0o644)),
-			[]E{dir("var/d", 0o755), opaque("var/d")},
-			[]E{dir("var/d", 0o755), file("var/d/again", "a", 0o644)},
+			[]ent{dir("var/d", 0o755), opaque("var/d")},
+			[]ent{dir("var/d", 0o755), file("var/d/again", "a", 0o644)},
 		)},
 		{name: "FileToDir", layers: layers(
 			baseLayer(),
-			[]E{dir("etc/passwd", 0o750), file("etc/passwd/inside", "i", 0o644)},
+			[]ent{dir("etc/passwd", 0o750), file("etc/passwd/inside", "i", 0o644)},
 		)},
 		{name: "DirToFile", layers: layers(
 			append(baseLayer(), dir("var/d", 0o755), file("var/d/f", "f", 0o644)),
-			[]E{file("var/d", "now a file", 0o600)},
+			[]ent{file("var/d", "now a file", 0o600)},
 		)},
-		{name: "SymlinkToDir", layers: layers(baseLayer(), []E{dir("lib", 0o755), file("lib/own", "own", 0o644)}),
+		{name: "SymlinkToDir", layers: layers(baseLayer(), []ent{dir("lib", 0o755), file("lib/own", "own", 0o644)}),
 			check: func(h *harness, root string) {
 				h.checkFile(root, "usr/lib/libc.so", strings.Repeat("elf", 3000))
 			}},
 		{name: "DirRelisted", layers: layers(
 			baseLayer(),
-			[]E{dir("etc", 0o700, owner(1000, 1000), mtime(sub), xattr("user.relisted", "1"))},
+			[]ent{dir("etc", 0o700, owner(1000, 1000), mtime(sub), xattr("user.relisted", "1"))},
 		), needs: []string{"user xattrs", "chown"}},
-		{name: "HardlinkSameLayer", layers: layers([]E{
+		{name: "HardlinkSameLayer", layers: layers([]ent{
 			dir("d", 0o755),
 			file("d/a", "shared", 0o640, owner(7, 8), mtime(sub)),
 			hardlink("d/b", "d/a", fixtures.Mode(0o640), owner(7, 8), mtime(sub)),
@@ -215,14 +216,14 @@ func treeCases() []treeCase {
 		})},
 		{name: "HardlinkToLower", layers: layers(
 			baseLayer(),
-			[]E{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
+			[]ent{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
 		)},
 		{name: "HardlinkToLowerThenOverwrite", layers: layers( // ggcr#2002, image-spec#1204
 			baseLayer(),
-			[]E{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
-			[]E{dir("etc", 0o755), file("etc/passwd", "overwritten", 0o644)},
+			[]ent{dir("etc", 0o755), hardlink("etc/passwd-link", "etc/passwd")},
+			[]ent{dir("etc", 0o755), file("etc/passwd", "overwritten", 0o644)},
 		)},
-		{name: "Symlinks", layers: layers([]E{
+		{name: "Symlinks", layers: layers([]ent{
 			dir("d", 0o755),
 			file("d/target", "t", 0o644),
 			symlink("d/relative", "target"),
@@ -234,13 +235,13 @@ func treeCases() []treeCase {
 			symlink("d/symlinkdir", "."),
 		})},
 		{name: "SymlinkDirInLower", layers: layers(
-			[]E{
+			[]ent{
 				dir("real", 0o755),
 				symlink("rel", "real"),
 				symlink("abs", "/real"),
 				symlink("escape", "../../../../real"),
 			},
-			[]E{
+			[]ent{
 				file("rel/via-relative", "1", 0o644),
 				file("abs/via-absolute", "2", 0o644),
 				file("escape/via-escape", "3", 0o644),
@@ -250,21 +251,21 @@ func treeCases() []treeCase {
 			h.checkFile(root, "real/via-absolute", "2")
 			h.checkFile(root, "real/via-escape", "3")
 		}},
-		{name: "XattrsUser", needs: []string{"user xattrs"}, layers: layers([]E{
+		{name: "XattrsUser", needs: []string{"user xattrs"}, layers: layers([]ent{
 			dir("d", 0o755, xattr("user.dir", "on a dir")),
 			file("d/f", "x", 0o644, xattr("user.a", "1"), xattr("user.binary", "\x00\xff\x01"), xattr("user.empty", "")),
 		})},
-		{name: "XattrsSecurityCapability", needs: []string{"security.capability"}, layers: layers([]E{
+		{name: "XattrsSecurityCapability", needs: []string{"security.capability"}, layers: layers([]ent{
 			file("ping", "elf", 0o755, xattr("security.capability", string(capNetBind))),
 		})},
-		{name: "XattrsTrusted", needs: []string{"trusted xattrs"}, layers: layers([]E{
+		{name: "XattrsTrusted", needs: []string{"trusted xattrs"}, layers: layers([]ent{
 			file("f", "x", 0o644, xattr("trusted.layers-test", "t")),
 		})},
-		{name: "OverlayXattrsDropped", needs: []string{"trusted xattrs"}, layers: layers([]E{
+		{name: "OverlayXattrsDropped", needs: []string{"trusted xattrs"}, layers: layers([]ent{
 			dir("d", 0o755, xattr("trusted.overlay.opaque", "y"), xattr("trusted.overlay.redirect", "/etc")),
 			file("d/f", "x", 0o644, xattr("user.overlay.origin", "z"), xattr("trusted.kept", "k")),
 		})},
-		{name: "SpecialModes", layers: layers([]E{
+		{name: "SpecialModes", layers: layers([]ent{
 			file("setuid", "x", 0o4755),
 			file("setgid", "x", 0o2755, owner(0, 50)),
 			file("both", "x", 0o6711),
@@ -273,13 +274,13 @@ func treeCases() []treeCase {
 			file("no-perms", "x", 0o000),
 			dir("no-perms-dir", 0o000),
 		})},
-		{name: "HighUIDGID", needs: []string{"chown"}, layers: layers([]E{
+		{name: "HighUIDGID", needs: []string{"chown"}, layers: layers([]ent{
 			file("u65536", "x", 0o644, owner(65536, 65536)),
 			file("u100000", "x", 0o644, owner(100000, 200000)),
 			dir("huge", 0o755, owner(2147483647, 4294967294)),
 			symlink("huge/link", "x", owner(4000000000, 3000000000)),
 		})},
-		{name: "Mtimes", layers: layers([]E{
+		{name: "Mtimes", layers: layers([]ent{
 			dir("d", 0o755, mtime(past)),
 			file("d/subsecond", "x", 0o644, mtime(sub)),
 			file("d/pre1970", "x", 0o644, mtime(past2)),
@@ -289,7 +290,7 @@ func treeCases() []treeCase {
 			fixtures.Fifo("d/fifo", 0o644, mtime(sub)),
 			dir("d/sub", 0o755, mtime(future)),
 		})},
-		{name: "DevicesAndFifos", needs: []string{"devices"}, layers: layers([]E{
+		{name: "DevicesAndFifos", needs: []string{"devices"}, layers: layers([]ent{
 			dir("dev", 0o755),
 			fixtures.CharDev("dev/null", 1, 3, 0o666),
 			// The largest numbers every filesystem here stores: xfs
@@ -311,7 +312,7 @@ func treeCases() []treeCase {
 		// NUL): appliers and differs must work below the layer root by
 		// directory fds, as no single path syscall takes it.
 		{name: "Path4096", layers: layers(path4096())},
-		{name: "UnicodeNames", layers: layers([]E{
+		{name: "UnicodeNames", layers: layers([]ent{
 			dir("日本語", 0o755),
 			file("日本語/ファイル", "ja", 0o644),
 			file("naïve café", "fr", 0o644),
@@ -325,12 +326,12 @@ func treeCases() []treeCase {
 			file("latin1-\xe9", "not utf-8", 0o644),
 			symlink("ünï-link", "日本語/ファイル"),
 		})},
-		{name: "Busybox", layers: func() [][]E {
+		{name: "Busybox", layers: func() [][]ent {
 			es, err := fixtures.BusyboxEntries()
 			if err != nil {
 				return nil
 			}
-			return [][]E{es}
+			return [][]ent{es}
 		}, check: func(h *harness, root string) {
 			var st unix.Stat_t
 			if err := unix.Stat(root+"/bin/sh", &st); err != nil || st.Mode&0o111 == 0 {
@@ -342,8 +343,8 @@ func treeCases() []treeCase {
 
 // wideDir is one directory of n files, half in a subdirectory level of
 // their own so both files and dirs are many.
-func wideDir(n int) []E {
-	es := []E{dir("wide", 0o755)}
+func wideDir(n int) []ent {
+	es := []ent{dir("wide", 0o755)}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("wide/entry-%04d", i)
 		if i%2 == 0 {
@@ -357,8 +358,8 @@ func wideDir(n int) []E {
 
 // path4096 makes a file whose tar name is 4096 bytes: 17 components of
 // 240 bytes and 16 slashes.
-func path4096() []E {
-	var es []E
+func path4096() []ent {
+	var es []ent
 	p := ""
 	for i := 0; i < 16; i++ {
 		p += fmt.Sprintf("%s%02d", strings.Repeat("p", 238), i)
