@@ -97,7 +97,9 @@ func (a *applier) makeDir(rel string) (*dirHandle, error) {
 // resolve opens rel as a directory inside the root, following symlinks as
 // if the root were "/", and never leaving it.
 func (a *applier) resolve(rel string) (*dirHandle, error) {
-	if !a.openat2 {
+	// openat2 takes at most PATH_MAX bytes; the walk goes one component
+	// at a time, so entries nested deeper than that apply too.
+	if !a.openat2 || len(rel) >= unix.PathMax {
 		fd, canon, err := a.walkInRoot(rel)
 		if err != nil {
 			return nil, err

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -714,4 +715,47 @@ func TestApplyBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An entry nested deeper than PATH_MAX applies, its parents resolved one
+// component at a time, and a symlink on its way still resolves inside the
+// root.
+func TestApplyEntryLongerThanPathMax(t *testing.T) {
+	atRequireRoot(t)
+	var parts []string
+	for i := 0; i < 24; i++ {
+		parts = append(parts, fmt.Sprintf("%03d%s", i, strings.Repeat("p", 197)))
+	}
+	deep := strings.Join(parts, "/") // 4823 bytes
+	ents := []atEnt{atDir("real", 0o755), atSymlink("abs", "/real")}
+	for i := range parts {
+		ents = append(ents, atDir("abs/"+strings.Join(parts[:i+1], "/"), 0o755))
+	}
+	ents = append(ents, atFile("abs/"+deep+"/leaf", "deep", 0o640))
+	atResolvers(t, func(t *testing.T, opts ApplyOptions) {
+		root := t.TempDir()
+		if _, err := atApply(t, root, atBuildTar(t, ents...), opts); err != nil {
+			t.Fatal(err)
+		}
+		// Walk down with fds: the host path is longer than PATH_MAX too.
+		fd, err := unix.Open(filepath.Join(root, "real"), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		atMust(t, err)
+		for _, p := range parts {
+			next, err := unix.Openat(fd, p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			unix.Close(fd)
+			atMust(t, err)
+			fd = next
+		}
+		defer unix.Close(fd)
+		f, err := unix.Openat(fd, "leaf", unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+		atMust(t, err)
+		defer unix.Close(f)
+		buf := make([]byte, 16)
+		n, _ := unix.Read(f, buf)
+		var st unix.Stat_t
+		atMust(t, unix.Fstat(f, &st))
+		if string(buf[:n]) != "deep" || st.Mode != unix.S_IFREG|0o640 {
+			t.Fatalf("leaf: %q mode %o, want \"deep\" mode 0640", buf[:n], st.Mode)
+		}
+	})
 }
