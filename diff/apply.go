@@ -35,6 +35,9 @@ type ApplyOptions struct {
 	// noOpenat2 makes Apply resolve paths with its userspace walk, as on
 	// kernels without openat2, so that tests cover both paths.
 	noOpenat2 bool
+	// noWriters makes Apply write every file itself, as on one CPU, so
+	// that tests cover both paths.
+	noWriters bool
 }
 
 // ApplyResult describes an applied layer.
@@ -82,11 +85,21 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 		touched:    make(map[string]struct{}),
 		whited:     make(map[string]struct{}),
 		dirTimes:   make(map[string][2]unix.Timespec),
+		created:    make(map[string]struct{}),
 		umask:      processUmask(),
 		euid:       os.Geteuid(),
 	}
 	defer a.closeAll()
 	a.rootReal, _ = os.Readlink("/proc/self/fd/" + strconv.Itoa(rootfd))
+	if empty, err := dirEmpty(rootfd); err != nil {
+		return res, fmt.Errorf("apply layer: read root %s: %w", root, err)
+	} else if empty {
+		a.created[""] = struct{}{}
+	}
+	if !opts.noWriters {
+		a.startWriters(writerCount())
+		defer a.stopWriters() // runs before closeAll: writers use the cached fds
+	}
 	a.openat2 = !opts.noOpenat2 && haveOpenat2(rootfd)
 
 	dr, comp, err := DecompressStream(r)
@@ -105,6 +118,9 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	}()
 	for {
 		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("apply layer: %w", err)
+		}
+		if err := a.writerErr(); err != nil {
 			return res, fmt.Errorf("apply layer: %w", err)
 		}
 		a.closeStale()
@@ -137,6 +153,9 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	// channel so that its hash is final.
 	rd.stop()
 	stopped = true
+	if err := a.barrier(); err != nil {
+		return res, fmt.Errorf("apply layer: %w", err)
+	}
 	a.closeStale()
 	if err := a.setDirTimes(); err != nil {
 		return res, fmt.Errorf("apply layer: %w", err)
@@ -170,17 +189,26 @@ type applier struct {
 	// dirTimes are set at the end, after every child is in place.
 	dirTimes map[string][2]unix.Timespec
 
-	umask uint32
-	euid  int // owner of the files this process creates
-	size  int64
+	// created holds the canonical paths of the directories this Apply
+	// made: nothing of a lower layer can be in them, which is what lets
+	// new files there go to the writers.
+	created map[string]struct{}
+	writers *writers // nil: every file is written by the applier
+	queued  int      // files given to writers since they were last drained
+
+	umask  uint32
+	euid   int // owner of the files this process creates
+	size   int64
+	warnMu sync.Mutex // writers warn too
 }
 
 // forgetNewOwners drops what the cached directories taught about the group
-// of new files: a directory's owner or setgid bit has just changed.
+// of new files: a directory's owner or setgid bit has just changed. The
+// writers are idle (the caller is at a barrier).
 func (a *applier) forgetNewOwners() {
-	a.rootHandle.gidKnown = false
+	a.rootHandle.newGid.Store(0)
 	for _, h := range a.cache {
-		h.gidKnown = false
+		h.newGid.Store(0)
 	}
 }
 
@@ -250,6 +278,8 @@ var umaskOnce = sync.OnceValue(func() uint32 {
 func processUmask() uint32 { return umaskOnce() }
 
 func (a *applier) warn(format string, args ...any) {
+	a.warnMu.Lock()
+	defer a.warnMu.Unlock()
 	if a.opts.Warn != nil {
 		a.opts.Warn(fmt.Sprintf(format, args...))
 	}
@@ -364,6 +394,22 @@ func (a *applier) entry(hdr *tar.Header, tr io.Reader) error {
 		return fmt.Errorf("parent directory: %w", err)
 	}
 	canon := ph.child(name)
+	if a.canDispatch(ph, canon) {
+		// A new path in a directory this Apply made: nothing there to
+		// replace or to race with.
+		if br, ok := tr.(*bodyReader); ok && hdr.Typeflag == tar.TypeReg && !br.more {
+			a.dispatch(hdr, br.cur, ph, name)
+			br.cur = nil
+			a.size += hdr.Size
+			a.markTouched(canon)
+			return nil
+		}
+		if hdr.Typeflag != tar.TypeDir && hdr.Typeflag != tar.TypeSymlink && hdr.Typeflag != tar.TypeReg {
+			a.waitWriters() // hardlinks may name a file still being written
+		}
+	} else {
+		a.waitWriters()
+	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err = a.dir(hdr, ph, name, canon)
@@ -407,6 +453,7 @@ func isMissing(err error) bool {
 // A whiteout affects lower layers only: what this layer wrote stays,
 // whichever order the entries come in.
 func (a *applier) whiteoutEntry(parent, name string) error {
+	a.waitWriters()
 	if name == WhiteoutOpaqueDir {
 		return a.opaqueEntry(parent)
 	}
@@ -471,6 +518,9 @@ func (a *applier) opaqueEntry(dir string) error {
 // removeExisting removes whatever is at name in ph (a whole tree for a
 // directory) to make room for a new entry.
 func (a *applier) removeExisting(ph *dirHandle, name string) error {
+	a.waitWriters()
+	// What is removed may be a directory this Apply made.
+	clear(a.created)
 	var st unix.Stat_t
 	if err := unix.Fstatat(ph.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -561,14 +611,16 @@ func (a *applier) fileBody(hdr *tar.Header, tr io.Reader, fd int, perm uint32, p
 	// security.capability. Most image files belong to root, as the new file
 	// already does: skipping that chown saves a syscall per file, which
 	// is what keeps Apply level with GNU tar on small files.
-	if !ph.gidKnown {
+	newGid := ph.newGid.Load()
+	if newGid == 0 {
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			return fmt.Errorf("stat: %w", err)
 		}
-		ph.newGid, ph.gidKnown = st.Gid, true
+		newGid = int64(st.Gid) + 1
+		ph.newGid.Store(newGid)
 	}
-	if hdr.Uid != a.euid || uint32(hdr.Gid) != ph.newGid {
+	if hdr.Uid != a.euid || int64(hdr.Gid)+1 != newGid {
 		if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
 			return fmt.Errorf("chown: %w", err)
 		}
@@ -722,6 +774,11 @@ func (a *applier) dir(hdr *tar.Header, ph *dirHandle, name, canon string) error 
 	if err != nil {
 		return fmt.Errorf("create directory: %w", err)
 	}
+	if relisted {
+		a.waitWriters() // its new attributes change what files there get
+	} else {
+		a.created[canon] = struct{}{}
+	}
 	fd, err := unix.Openat(ph.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open directory: %w", err)
@@ -747,6 +804,7 @@ func (a *applier) rootDir(hdr *tar.Header) error {
 	if hdr.Uid < 0 || hdr.Gid < 0 || hdr.Uid > 0xfffffffe || hdr.Gid > 0xfffffffe {
 		return fmt.Errorf("invalid owner %d:%d", hdr.Uid, hdr.Gid)
 	}
+	a.waitWriters()
 	if err := a.dirAttrs(hdr, a.rootHandle.fd, true); err != nil {
 		return err
 	}
@@ -755,7 +813,9 @@ func (a *applier) rootDir(hdr *tar.Header) error {
 }
 
 func (a *applier) dirAttrs(hdr *tar.Header, fd int, relisted bool) error {
-	a.forgetNewOwners()
+	if relisted {
+		a.forgetNewOwners()
+	}
 	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}

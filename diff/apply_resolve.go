@@ -7,6 +7,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,10 +22,11 @@ type dirHandle struct {
 	canon string
 	// newGid is the group the kernel gives files created here (the
 	// caller's, or the directory's when it is setgid or the filesystem is
-	// mounted grpid), learned from the first file; with gidKnown, files
-	// whose header asks for exactly that owner skip their chown.
-	newGid   uint32
-	gidKnown bool
+	// mounted grpid) plus one, learned from the first file, 0 until then:
+	// files whose header asks for exactly that owner skip their chown.
+	// Atomic: file writers and the applier may learn it at once (they
+	// learn the same value).
+	newGid atomic.Int64
 }
 
 // child returns the canonical path of name inside d.
@@ -54,6 +56,13 @@ func (a *applier) lookupDir(rel string, create bool) (*dirHandle, error) {
 		return h, nil
 	}
 	h, err := a.resolve(rel)
+	if err != nil && a.queued > 0 {
+		// A file still queued for a writer may be what is missing (or in
+		// the way) here. A lookup that succeeded needs no such wait:
+		// writers only add regular files at paths nothing had.
+		a.waitWriters()
+		h, err = a.resolve(rel)
+	}
 	if err != nil && create && errors.Is(err, unix.ENOENT) {
 		h, err = a.makeDir(rel)
 	}
@@ -78,6 +87,7 @@ func (a *applier) makeDir(rel string) (*dirHandle, error) {
 	if err := unix.Mkdirat(ph.fd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("create parent directory %q: %w", rel, err)
 	} else if err == nil {
+		a.created[ph.child(name)] = struct{}{}
 		if a.umask&0o755 != 0 {
 			if err := unix.Fchmodat(ph.fd, name, 0o755, 0); err != nil {
 				return nil, fmt.Errorf("chmod parent directory %q: %w", rel, err)
@@ -293,8 +303,12 @@ func (a *applier) invalidate() {
 	}
 }
 
-// closeStale closes the fds of forgotten handles; called between entries.
+// closeStale closes the fds of forgotten handles; called between entries,
+// once the writers, which may hold such handles, are done with them.
 func (a *applier) closeStale() {
+	if len(a.stale) > 0 {
+		a.waitWriters()
+	}
 	for _, fd := range a.stale {
 		unix.Close(fd)
 	}

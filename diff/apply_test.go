@@ -90,7 +90,8 @@ func atBuildTar(t testing.TB, ents ...atEnt) []byte {
 	return buf.Bytes()
 }
 
-// atResolvers runs f once atWith openat2 and once atWith the userspace walk.
+// atResolvers runs f with openat2 (with and without file writers) and with
+// the userspace walk.
 func atResolvers(t *testing.T, f func(t *testing.T, opts ApplyOptions)) {
 	t.Run("openat2", func(t *testing.T) {
 		fd, err := unix.Open("/", unix.O_PATH, 0)
@@ -104,7 +105,10 @@ func atResolvers(t *testing.T, f func(t *testing.T, opts ApplyOptions)) {
 		}
 		f(t, ApplyOptions{})
 	})
-	t.Run("walk", func(t *testing.T) { f(t, ApplyOptions{noOpenat2: true}) })
+	// The walk runs without file writers, and so does one openat2 run:
+	// both the parallel and the serial path see every case.
+	t.Run("walk", func(t *testing.T) { f(t, ApplyOptions{noOpenat2: true, noWriters: true}) })
+	t.Run("serial", func(t *testing.T) { f(t, ApplyOptions{noWriters: true}) })
 }
 
 func atRequireRoot(t testing.TB) {

@@ -56,7 +56,7 @@ func FuzzApply(f *testing.F) {
 		// Vary the options by the input, so that every combination is
 		// reached without doubling the work per input.
 		sum := sha256.Sum256(data)
-		opts := ApplyOptions{noOpenat2: sum[0]&1 == 1, RejectDevices: sum[0]&2 == 2}
+		opts := ApplyOptions{noOpenat2: sum[0]&1 == 1, RejectDevices: sum[0]&2 == 2, noWriters: sum[0]&4 == 4}
 		if sum[0]&4 == 4 {
 			opts.Whiteouts = OverlayWhiteouts(sum[0]&8 == 8)
 		}
