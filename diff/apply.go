@@ -521,15 +521,26 @@ func (a *applier) removeExisting(ph *dirHandle, name string) error {
 	a.waitWriters()
 	// What is removed may be a directory this Apply made.
 	clear(a.created)
+	if err := a.removeAt(ph, name); err != nil {
+		return fmt.Errorf("replace existing entry: %w", err)
+	}
+	return nil
+}
+
+// removeAt removes name in ph, a whole tree for a directory, never
+// following a symlink; nothing there is no error. Removing a directory or
+// symlink forgets the cached directories, which may have been reached
+// through it.
+func (a *applier) removeAt(ph *dirHandle, name string) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(ph.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
-		return fmt.Errorf("replace existing entry: %w", err)
+		return err
 	}
 	if err := removeAllAt(ph.fd, name); err != nil {
-		return fmt.Errorf("replace existing entry: %w", err)
+		return err
 	}
 	if isDirOrLink(st.Mode) {
 		a.invalidate()

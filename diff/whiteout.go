@@ -54,18 +54,9 @@ func (deleteFormat) checkEntry(hdr *tar.Header) error { return nil }
 func (deleteFormat) createsParents() bool { return false }
 
 func (deleteFormat) whiteout(a *applier, parent *dirHandle, name, canon string) error {
-	var st unix.Stat_t
-	if err := unix.Fstatat(parent.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil // whiting out what is not there is a no-op
-		}
+	// Whiting out what is not there is a no-op.
+	if err := a.removeAt(parent, name); err != nil {
 		return fmt.Errorf("whiteout: %w", err)
-	}
-	if err := removeAllAt(parent.fd, name); err != nil {
-		return fmt.Errorf("whiteout: %w", err)
-	}
-	if isDirOrLink(st.Mode) {
-		a.invalidate()
 	}
 	return nil
 }

@@ -691,28 +691,22 @@ func readUmask() (uint32, bool) {
 }
 
 // openDir opens a directory for reading entries and *at calls, with
-// O_NOATIME (see openFile) so that copying a layer leaves it as it was.
+// O_NOATIME (see openNoAtime) so that copying a layer leaves it as it was.
 func openDir(dirfd int, name string) (int, error) {
-	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOATIME
-	for {
-		fd, err := unix.Openat(dirfd, name, flags, 0)
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.EPERM) && flags&unix.O_NOATIME != 0:
-			flags &^= unix.O_NOATIME
-			continue
-		}
-		return fd, err
-	}
+	return openNoAtime(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 }
 
 // openFile opens a regular file for reading without following symlinks and
-// without blocking (a fifo swapped in must not hang the copy). O_NOATIME
-// keeps reads from touching the source's atime; it needs ownership or
-// CAP_FOWNER, so it is dropped when refused.
+// without blocking (a fifo swapped in must not hang the copy).
 func openFile(dirfd int, name string) (int, error) {
-	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOATIME
+	return openNoAtime(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK)
+}
+
+// openNoAtime opens name with flags plus O_NOATIME, which keeps reads from
+// touching the source's atime; it needs ownership or CAP_FOWNER, so it is
+// dropped when refused.
+func openNoAtime(dirfd int, name string, flags int) (int, error) {
+	flags |= unix.O_NOATIME
 	for {
 		fd, err := unix.Openat(dirfd, name, flags, 0)
 		switch {
