@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Apply runs in two goroutines: a reader that decompresses, hashes and
@@ -176,6 +177,26 @@ func (p *tarReader) run(dr io.Reader) {
 	}
 }
 
+// maxSparseSize bounds the size a sparse entry may declare. archive/tar
+// hands out a sparse file's holes as zeros to read (its hole-skipping
+// writer is not exported), so a tiny entry declaring 2^50 bytes would keep
+// Apply reading zeros for days; real sparse files in images (a lastlog
+// after a large uid, a preallocated database) stay far below this.
+const maxSparseSize = 256 << 30
+
+// isSparse reports whether hdr is a GNU sparse file (old GNU or PAX form).
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
 // readEntry sends hdr and its data. It reports whether to go on.
 func (p *tarReader) readEntry(hdr *tar.Header, tr *tar.Reader) bool {
 	size := hdr.Size
@@ -183,6 +204,9 @@ func (p *tarReader) readEntry(hdr *tar.Header, tr *tar.Reader) bool {
 	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeCont:
 	default:
 		size = 0 // data of other entries is skipped, never used
+	}
+	if size > maxSparseSize && isSparse(hdr) {
+		return p.dataError(hdr, fmt.Errorf("sparse file of %d bytes: more than the %d GiB Apply expands", size, maxSparseSize>>30))
 	}
 	if size <= smallFile {
 		var data []byte
@@ -278,6 +302,8 @@ func (b *bodyReader) fill() error {
 		}
 		m, ok := b.p.next()
 		switch {
+		case !ok && b.p.ctx.Err() != nil:
+			b.err = b.p.ctx.Err() // cancelled, not truncated
 		case !ok:
 			b.err = io.ErrUnexpectedEOF
 		case m.err != nil:
