@@ -7,12 +7,21 @@
 // Layout under the driver's home:
 //
 //	HOME/dir/<id>/   the layer's root filesystem; Get returns this path
-//	HOME/tmp/        layers being built or removed; emptied by New
+//	HOME/tmp/<name>       a layer being built or removed
+//	HOME/tmp/<name>.lock  its lock file (flock)
 //
 // A layer is built under HOME/tmp and renamed into HOME/dir only when whole
 // (renameat2 RENAME_NOREPLACE, so two racing Creates of one ID cannot both
 // win), and Remove renames it out before deleting it, so a killed process
 // never leaves a half layer that looks whole.
+//
+// Several driver instances (processes, or goroutines with a driver each)
+// may share one home, and New removes what killed processes left under
+// HOME/tmp. So that it removes only debris, every entry there is guarded
+// by an exclusive flock on HOME/tmp/<name>.lock, taken before the entry
+// is made and held until it is renamed away or deleted; New deletes only
+// entries whose lock it can take without waiting. The kernel drops the
+// lock of a killed process, which is what makes its entries debris.
 //
 // Whiteouts are stored by deleting (the delete whiteout format): a layer is
 // its parent's copy with the layer's changes applied, which the naive
@@ -37,6 +46,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -121,18 +131,146 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 }
 
 // cleanTmp removes layers left half-built or half-removed by a killed
-// process.
+// process: every entry of HOME/tmp whose lock nobody holds. Entries in use
+// by another driver instance are skipped, as are entries that vanish
+// while it looks (their owner finished).
 func (d *Driver) cleanTmp() error {
 	ents, err := os.ReadDir(d.tmp)
 	if err != nil {
 		return fmt.Errorf("vfs: %w", err)
 	}
+	seen := make(map[string]bool, len(ents))
 	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(d.tmp, e.Name())); err != nil {
-			return fmt.Errorf("vfs: remove leftover %s: %w", e.Name(), err)
+		name := strings.TrimSuffix(e.Name(), lockSuffix)
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		if err := d.removeStale(name); err != nil {
+			return fmt.Errorf("vfs: remove leftover %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// lockSuffix names the lock file of a HOME/tmp entry. Entry names end in
+// random hex, so no entry is mistaken for a lock file.
+const lockSuffix = ".lock"
+
+// removeStale deletes HOME/tmp/name and its lock file if the lock can be
+// taken without waiting, and does nothing if another instance holds it.
+func (d *Driver) removeStale(name string) error {
+	path := filepath.Join(d.tmp, name)
+	// O_CREAT: an entry whose lock file is missing (left by a version
+	// without locks) is locked through a new one.
+	f, err := os.OpenFile(path+lockSuffix, os.O_RDONLY|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer f.Close()
+	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil // in use
+		}
+		return fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	if ok, err := lockIsCurrent(f); err != nil || !ok {
+		return err // its owner finished and unlinked it: nothing to do
+	}
+	t := &tmpEntry{path: path, lock: f}
+	return t.remove()
+}
+
+// tmpEntry is a name under HOME/tmp whose lock this driver holds.
+type tmpEntry struct {
+	path string   // HOME/tmp/<name>; the entry itself may not exist yet
+	lock *os.File // HOME/tmp/<name>.lock, flocked LOCK_EX
+}
+
+// newTmp reserves a fresh name under HOME/tmp, starting with prefix, and
+// locks it; the entry itself is not created. The caller must call remove
+// or release.
+func (d *Driver) newTmp(prefix string) (*tmpEntry, error) {
+	for {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		path := filepath.Join(d.tmp, prefix+"-"+hex.EncodeToString(b[:]))
+		f, err := os.OpenFile(path+lockSuffix, os.O_RDONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("make lock file: %w", err)
+		}
+		// A cleaner of another instance may have taken this new lock
+		// file before us and deleted it: then try another name.
+		if err := flock(f, unix.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		ok, err := lockIsCurrent(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if ok {
+			return &tmpEntry{path: path, lock: f}, nil
+		}
+		f.Close()
+	}
+}
+
+// remove deletes the entry (if it exists) and then its lock file, and
+// drops the lock: the lock is held for the whole delete, so no other
+// instance sees the half-deleted entry as debris of its own to remove.
+func (t *tmpEntry) remove() error {
+	if err := os.RemoveAll(t.path); err != nil {
+		t.lock.Close()
+		return err
+	}
+	return t.release()
+}
+
+// release unlinks the lock file and drops the lock; the entry must be gone
+// (renamed away or deleted). The unlink happens while the lock is held.
+func (t *tmpEntry) release() error {
+	err := os.Remove(t.lock.Name())
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if cerr := t.lock.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// flock is unix.Flock on f, retried on EINTR.
+func flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// lockIsCurrent reports whether the open lock file f is still the file at
+// its path; it is not when another instance unlinked it after removing the
+// entry (between our open and our flock).
+func lockIsCurrent(f *os.File) (bool, error) {
+	var fst, pst unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
+		return false, fmt.Errorf("fstat %s: %w", f.Name(), err)
+	}
+	if err := unix.Stat(f.Name(), &pst); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return fst.Dev == pst.Dev && fst.Ino == pst.Ino, nil
 }
 
 // String returns "vfs".
@@ -189,13 +327,18 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 		}
 		parentDir = d.path(parent)
 	}
-	tmp, err := d.tmpName("new-" + id)
+	te, err := d.newTmp("new-" + id)
 	if err != nil {
 		return err
 	}
+	tmp := te.path
 	defer func() {
 		if err != nil {
-			_ = os.RemoveAll(tmp)
+			_ = te.remove()
+		} else {
+			// The layer is published; a lock file that cannot be
+			// unlinked is left for the next New to remove.
+			_ = te.release()
 		}
 	}()
 	if parentDir == "" {
@@ -226,15 +369,6 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 	return nil
 }
 
-// tmpName returns a fresh path under HOME/tmp (not created).
-func (d *Driver) tmpName(prefix string) (string, error) {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	return filepath.Join(d.tmp, prefix+"-"+hex.EncodeToString(b[:])), nil
-}
-
 // Remove deletes layer id. Removing a layer that does not exist succeeds,
 // so that removal is idempotent: the store marks a layer removed and then
 // deletes it, and repeats the deletion after a crash. References from Get
@@ -246,19 +380,21 @@ func (d *Driver) Remove(id string) error {
 	d.mu.Lock()
 	delete(d.refs, id)
 	d.mu.Unlock()
-	tmp, err := d.tmpName("rm-" + id)
+	te, err := d.newTmp("rm-" + id)
 	if err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	// Rename out first: the layer stops existing at once, atomically, and
-	// a crash during the slow delete leaves only HOME/tmp debris.
-	if err := os.Rename(d.path(id), tmp); err != nil {
+	// a crash during the slow delete leaves only HOME/tmp debris. The lock
+	// is held across both, so a New elsewhere leaves the delete to us.
+	if err := os.Rename(d.path(id), te.path); err != nil {
+		_ = te.release()
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
-	if err := os.RemoveAll(tmp); err != nil {
+	if err := te.remove(); err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	return nil
