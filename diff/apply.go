@@ -207,9 +207,31 @@ type applier struct {
 // writers are idle (the caller is at a barrier).
 func (a *applier) forgetNewOwners() {
 	a.rootHandle.newGid.Store(0)
+	a.rootHandle.acl.Store(0)
 	for _, h := range a.cache {
 		h.newGid.Store(0)
+		h.acl.Store(0)
 	}
+}
+
+// defaultACL reports whether directory ph has a default ACL. New entries
+// there inherit it: their modes do not follow the umask, and they carry
+// ACL xattrs of their own. Learned once per directory.
+func (a *applier) defaultACL(ph *dirHandle) bool {
+	switch ph.acl.Load() {
+	case aclNone:
+		return false
+	case aclDefault:
+		return true
+	}
+	_, err := unix.Getxattr("/proc/self/fd/"+strconv.Itoa(ph.fd), "system.posix_acl_default", nil)
+	has := err == nil
+	if has {
+		ph.acl.Store(aclDefault)
+	} else {
+		ph.acl.Store(aclNone)
+	}
+	return has
 }
 
 // tailReader counts what the tar reader consumed and keeps its last block,
@@ -259,9 +281,11 @@ func haveOpenat2(rootfd int) bool {
 	return true
 }
 
-var umaskOnce = sync.OnceValue(func() uint32 {
-	// Reading it with umask(2) would change it for a moment for the whole
-	// process; /proc/self/status shows it without side effects.
+// processUmask returns the process's umask, read afresh for every Apply
+// since an embedding program may change it. Reading it with umask(2) would
+// change it for a moment for the whole process; /proc/self/status shows it
+// without side effects.
+func processUmask() uint32 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -273,9 +297,7 @@ var umaskOnce = sync.OnceValue(func() uint32 {
 		}
 	}
 	return 0o777 // unknown: always chmod
-})
-
-func processUmask() uint32 { return umaskOnce() }
+}
 
 func (a *applier) warn(format string, args ...any) {
 	a.warnMu.Lock()
@@ -369,6 +391,15 @@ func (a *applier) entry(hdr *tar.Header, tr io.Reader) error {
 	parent, name := splitRel(rel)
 	if inAUFSMeta(parent) {
 		return nil
+	}
+	if strings.HasPrefix(parent, WhiteoutPrefix) || strings.Contains(parent, "/"+WhiteoutPrefix) {
+		// Appliers read such a name as a whiteout: a layer holding it as a
+		// directory could never be exported again.
+		for _, c := range strings.Split(parent, "/") {
+			if strings.HasPrefix(c, WhiteoutPrefix) {
+				return fmt.Errorf("%q is a whiteout name and cannot be a directory", c)
+			}
+		}
 	}
 	if strings.HasPrefix(name, WhiteoutPrefix) {
 		return a.whiteoutEntry(parent, name)
@@ -545,6 +576,16 @@ func (a *applier) removeAt(ph *dirHandle, name string) error {
 	if isDirOrLink(st.Mode) {
 		a.invalidate()
 	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		// Times recorded for the directory and below must not be set on
+		// whatever takes its place (through a symlink, on a lower tree).
+		canon := ph.child(name)
+		for k := range a.dirTimes {
+			if k == canon || strings.HasPrefix(k, canon+"/") {
+				delete(a.dirTimes, k)
+			}
+		}
+	}
 	return nil
 }
 
@@ -636,7 +677,14 @@ func (a *applier) fileBody(hdr *tar.Header, tr io.Reader, fd int, perm uint32, p
 			return fmt.Errorf("chown: %w", err)
 		}
 	}
-	if a.needChmod(perm) {
+	acl := a.defaultACL(ph)
+	if acl {
+		// The file inherited an ACL the image did not ask for.
+		if err := a.removeUnlisted(hdr, fd, a.entryXattrs(hdr)); err != nil {
+			return err
+		}
+	}
+	if acl || a.needChmod(perm) {
 		if err := unix.Fchmod(fd, perm); err != nil {
 			return fmt.Errorf("chmod: %w", err)
 		}
@@ -795,7 +843,7 @@ func (a *applier) dir(hdr *tar.Header, ph *dirHandle, name, canon string) error 
 		return fmt.Errorf("open directory: %w", err)
 	}
 	defer unix.Close(fd)
-	if err := a.dirAttrs(hdr, fd, relisted); err != nil {
+	if err := a.dirAttrs(hdr, fd, relisted || a.defaultACL(ph)); err != nil {
 		return err
 	}
 	if _, ok := a.whited[canon]; ok && !relisted {
@@ -869,7 +917,7 @@ func (a *applier) special(hdr *tar.Header, ph *dirHandle, name string) error {
 	if err != nil {
 		return fmt.Errorf("create node: %w", err)
 	}
-	return a.nodeAttrs(hdr, ph, name, a.needChmod(perm))
+	return a.nodeAttrs(hdr, ph, name, a.needChmod(perm) || a.defaultACL(ph))
 }
 
 // nodeAttrs sets owner, mode, xattrs and times of a symlink or special file
@@ -955,7 +1003,9 @@ func (a *applier) removeUnlisted(hdr *tar.Header, fd int, keep []xattrKV) error 
 	}
 next:
 	for _, nm := range strings.Split(string(buf[:n]), "\x00") {
-		if nm == "" || xattr.IsOverlayInternal(nm) {
+		// Overlay attributes belong to the whiteout format, and the
+		// SELinux label to the host (Export never writes it).
+		if nm == "" || xattr.IsOverlayInternal(nm) || nm == "security.selinux" {
 			continue
 		}
 		for _, k := range keep {

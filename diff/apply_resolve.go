@@ -27,7 +27,16 @@ type dirHandle struct {
 	// Atomic: file writers and the applier may learn it at once (they
 	// learn the same value).
 	newGid atomic.Int64
+	// acl is aclUnknown, aclNone or aclDefault (see defaultACL).
+	acl atomic.Int32
 }
+
+// Whether a directory has a default ACL, as dirHandle.acl holds it.
+const (
+	aclUnknown = iota
+	aclNone
+	aclDefault
+)
 
 // child returns the canonical path of name inside d.
 func (d *dirHandle) child(name string) string {
@@ -63,7 +72,7 @@ func (a *applier) lookupDir(rel string, create bool) (*dirHandle, error) {
 		a.waitWriters()
 		h, err = a.resolve(rel)
 	}
-	if err != nil && create && errors.Is(err, unix.ENOENT) {
+	if err != nil && create && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) && a.underWhiteout(rel)) {
 		h, err = a.makeDir(rel)
 	}
 	if err != nil {
@@ -76,6 +85,21 @@ func (a *applier) lookupDir(rel string, create bool) (*dirHandle, error) {
 	return h, nil
 }
 
+// underWhiteout reports whether rel or one of its parents is where this
+// layer put a whiteout device (overlay format): a lookup there fails with
+// ENOTDIR, and the directory the layer lists there replaces the device.
+func (a *applier) underWhiteout(rel string) bool {
+	if len(a.whited) == 0 {
+		return false
+	}
+	for p := rel; p != ""; p, _ = splitRel(p) {
+		if _, ok := a.whited[p]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // makeDir creates the missing directory rel and its missing parents, the
 // way tar does for entries whose parents the archive does not list.
 func (a *applier) makeDir(rel string) (*dirHandle, error) {
@@ -84,10 +108,31 @@ func (a *applier) makeDir(rel string) (*dirHandle, error) {
 	if err != nil {
 		return nil, err
 	}
+	canon := ph.child(name)
+	if _, ok := a.whited[canon]; ok {
+		// This layer's own whiteout device (overlay format) is in the way
+		// of a directory it lists below: the directory replaces it, opaque
+		// so that the lower one stays hidden, as dir does for a listed one.
+		if err := unix.Unlinkat(ph.fd, name, 0); err != nil {
+			return nil, fmt.Errorf("replace whiteout with directory %q: %w", rel, err)
+		}
+	}
 	if err := unix.Mkdirat(ph.fd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("create parent directory %q: %w", rel, err)
 	} else if err == nil {
-		a.created[ph.child(name)] = struct{}{}
+		if _, ok := a.whited[canon]; ok {
+			delete(a.whited, canon)
+			fd, err := unix.Openat(ph.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, fmt.Errorf("open parent directory %q: %w", rel, err)
+			}
+			err = a.wf.opaque(a, fd, canon)
+			unix.Close(fd)
+			if err != nil {
+				return nil, err
+			}
+		}
+		a.created[canon] = struct{}{}
 		if a.umask&0o755 != 0 {
 			if err := unix.Fchmodat(ph.fd, name, 0o755, 0); err != nil {
 				return nil, fmt.Errorf("chmod parent directory %q: %w", rel, err)
