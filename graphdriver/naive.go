@@ -64,7 +64,9 @@ func NaiveDiff(ctx context.Context, d Driver, id, parent string) (io.ReadCloser,
 		return nil, fmt.Errorf("diff of layer %s: %w", id, err)
 	}
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		err := diff.Export(ctx, pw, upper, changes, diff.ExportOptions{})
 		release()
 		if err != nil {
@@ -72,7 +74,22 @@ func NaiveDiff(ctx context.Context, d Driver, id, parent string) (io.ReadCloser,
 		}
 		pw.CloseWithError(err)
 	}()
-	return pr, nil
+	return &diffReader{PipeReader: pr, done: done}, nil
+}
+
+// diffReader is NaiveDiff's stream. Close returns only once the exporter
+// has stopped and put the mounts back, so a caller may remove the layer
+// right after.
+type diffReader struct {
+	*io.PipeReader
+	done chan struct{}
+}
+
+// Close stops the export (its next write fails) and waits for it.
+func (r *diffReader) Close() error {
+	err := r.PipeReader.Close()
+	<-r.done
+	return err
 }
 
 // NaiveApplyDiff mounts id and applies r into it with the delete whiteout
