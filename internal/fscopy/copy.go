@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -30,6 +28,12 @@ const rwBufSize = 1 << 20
 type dirRef struct {
 	fd   int
 	path string
+	// inherits is set when entries made in this destination directory
+	// may start with xattrs the source lacks: the directory has a default
+	// ACL (a new entry inherits system.posix_acl_access, a new directory
+	// system.posix_acl_default too), or nothing is known about it. Copies
+	// made there then drop every xattr their source does not have.
+	inherits bool
 }
 
 func (d dirRef) join(name string) string {
@@ -62,36 +66,22 @@ type dent struct {
 // method memo and buffers reused across entries so small files cost no
 // allocations beyond their names.
 type copier struct {
-	opts  Options
-	stats Stats
-	sh    *shared
-	pool  chan<- job // nil: copy every entry in this goroutine
-	devs  map[uint64]*devState
-	buf   []byte // read/write fallback
-	names []byte // xattr name list
-	value []byte // one xattr value
-	dents []byte // getdents
-	link  []byte // readlink
-	ts    [2]unix.Timespec
-
-	// A regular file created by this process in a directory it made
-	// itself (0700, no setgid, no default ACL yet) starts as owned by
-	// euid:egid with mode perm &^ umask, so fchown and fchmod can be
-	// skipped when they would change nothing: two system calls fewer per
-	// small file. known is false when that cannot be relied on (a
-	// pre-existing destination directory, an unreadable umask).
-	known      bool
-	euid, egid uint32
-	umask      uint32
+	opts   Options
+	stats  Stats
+	sh     *shared
+	pool   chan<- job // nil: copy every entry in this goroutine
+	devs   map[uint64]*devState
+	buf    []byte // read/write fallback
+	names  []byte // xattr name list
+	value  []byte // one xattr value
+	dents  []byte // getdents
+	link   []byte // readlink
+	dnames []byte // xattr name list of a new entry
+	ts     [2]unix.Timespec
 }
 
 func newCopier(opts Options) *copier {
-	umask, ok := readUmask()
 	return &copier{
-		known: ok,
-		euid:  uint32(os.Geteuid()),
-		egid:  uint32(os.Getegid()),
-		umask: umask,
 		opts:  opts,
 		sh:    &shared{links: make(map[inode]*linkState)},
 		devs:  make(map[uint64]*devState, 1),
@@ -179,7 +169,7 @@ func (c *copier) startWorkers(ctx context.Context) (stop func()) {
 	ws := make([]*copier, n)
 	for i := range ws {
 		w := newCopier(c.opts)
-		w.sh, w.known, w.euid, w.egid, w.umask = c.sh, c.known, c.euid, c.egid, c.umask
+		w.sh = c.sh
 		ws[i] = w
 		done.Add(1)
 		go func() {
@@ -223,7 +213,6 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 		if !empty {
 			return fmt.Errorf("copy tree: destination %s is not an empty directory", dst)
 		}
-		c.known = false // setgid or a default ACL would change new files
 	}
 	sfd, err := openDir(unix.AT_FDCWD, src)
 	if err != nil {
@@ -236,14 +225,17 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 	}
 	defer unix.Close(dfd)
 	c.stats.Dirs++
-	s, d := dirRef{sfd, src}, dirRef{dfd, dst}
+	s := dirRef{fd: sfd, path: src}
+	d := dirRef{fd: dfd, path: dst, inherits: hasDefaultACL(dfd)}
 	stop := c.startWorkers(ctx)
 	err = c.copyDir(ctx, s, d, 0)
 	stop()
 	if err != nil {
 		return err
 	}
-	if err := c.dirMeta(sfd, dfd, dst, &st); err != nil {
+	// The root may have inherited from its parent (or, when it existed,
+	// carry anything): it always drops what src lacks.
+	if err := c.dirMeta(sfd, dfd, dst, &st, true); err != nil {
 		return err
 	}
 	if err := c.setTimes(unix.AT_FDCWD, dst, &st); err != nil {
@@ -322,10 +314,13 @@ func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *u
 	}
 	defer unix.Close(dfd)
 	c.stats.Dirs++
-	if err := c.copyDir(ctx, dirRef{sfd, s.join(name)}, dirRef{dfd, d.join(name)}, depth+1); err != nil {
+	// A new directory has a default ACL only if it inherited one from d:
+	// its own (the source's) is set by dirMeta after its entries are made.
+	sub := dirRef{fd: dfd, path: d.join(name), inherits: d.inherits}
+	if err := c.copyDir(ctx, dirRef{fd: sfd, path: s.join(name)}, sub, depth+1); err != nil {
 		return err
 	}
-	if err := c.dirMeta(sfd, dfd, d.join(name), st); err != nil {
+	if err := c.dirMeta(sfd, dfd, d.join(name), st, d.inherits); err != nil {
 		return err
 	}
 	if err := c.setTimes(d.fd, name, st); err != nil {
@@ -334,12 +329,13 @@ func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *u
 	return nil
 }
 
-// dirMeta sets owner, xattrs and mode of a copied directory (not times).
-func (c *copier) dirMeta(sfd, dfd int, dpath string, st *unix.Stat_t) error {
+// dirMeta sets owner, xattrs and mode of a copied directory (not times);
+// with inherited, xattrs the source lacks are removed.
+func (c *copier) dirMeta(sfd, dfd int, dpath string, st *unix.Stat_t, inherited bool) error {
 	if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("chown", dpath, err))
 	}
-	if err := c.copyXattrsFd(sfd, dfd, dpath); err != nil {
+	if _, err := c.copyXattrsFd(sfd, dfd, dpath, inherited); err != nil {
 		return err
 	}
 	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
@@ -454,20 +450,33 @@ func (c *copier) copyRegular(sfd int, s, d dirRef, sname, dname string, st *unix
 		}
 	}()
 	c.stats.Files++
+	// What the new file got (owner from euid, egid or a setgid or grpid
+	// directory's group; mode from the umask or a default ACL) is read
+	// back, so fchown and fchmod run only when they change something:
+	// one fstat instead of two calls that usually do nothing.
+	var got unix.Stat_t
+	if err := unix.Fstat(dfd, &got); err != nil {
+		return fmt.Errorf("copy: %w", pathErr("fstat", dpath(), err))
+	}
 	if err := c.copyData(sfd, dfd, st); err != nil {
 		return fmt.Errorf("copy %s to %s: %w", s.join(sname), dpath(), err)
 	}
 	// Owner before mode, because chown clears setuid/setgid; xattrs after
 	// chown, because chown drops security.capability.
-	if !c.known || st.Uid != c.euid || st.Gid != c.egid {
+	chowned := false
+	if got.Uid != st.Uid || got.Gid != st.Gid {
 		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
 			return fmt.Errorf("copy: %w", pathErr("chown", dpath(), err))
 		}
+		chowned = true
 	}
-	if err := c.copyXattrsFd(sfd, dfd, dpath()); err != nil {
+	aclChanged, err := c.copyXattrsFd(sfd, dfd, dpath(), d.inherits)
+	if err != nil {
 		return err
 	}
-	if !c.known || st.Mode&07000 != 0 || perm&c.umask != 0 {
+	// An access ACL set or removed changes the mode bits; chown cleared
+	// setuid/setgid.
+	if got.Mode&07777 != st.Mode&07777 || aclChanged || (chowned && st.Mode&06000 != 0) {
 		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
 			return fmt.Errorf("copy: %w", pathErr("chmod", dpath(), err))
 		}
@@ -502,7 +511,7 @@ func (c *copier) copySymlink(s, d dirRef, sname, dname string, st *unix.Stat_t) 
 	if err := unix.Fchownat(d.fd, dname, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("lchown", d.join(dname), err))
 	}
-	if err := copyXattrsPath(s.join(sname), d.join(dname)); err != nil {
+	if err := copyXattrsPath(s.join(sname), d.join(dname), d.inherits); err != nil {
 		return err
 	}
 	if err := c.setTimes(d.fd, dname, st); err != nil {
@@ -520,7 +529,7 @@ func (c *copier) copySpecial(s, d dirRef, sname, dname string, st *unix.Stat_t) 
 	if err := unix.Fchownat(d.fd, dname, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("lchown", d.join(dname), err))
 	}
-	if err := copyXattrsPath(s.join(sname), d.join(dname)); err != nil {
+	if err := copyXattrsPath(s.join(sname), d.join(dname), d.inherits); err != nil {
 		return err
 	}
 	if err := unix.Fchmodat(d.fd, dname, st.Mode&07777, 0); err != nil {
@@ -542,40 +551,23 @@ func (c *copier) setTimes(dirfd int, name string, st *unix.Stat_t) error {
 	return nil
 }
 
+// aclAccess is the xattr holding a file's access ACL; setting or removing
+// it changes the file's mode bits.
+const aclAccess = "system.posix_acl_access"
+
 // copyXattrsFd copies every extended attribute from sfd to dfd, reusing the
-// copier's buffers.
-func (c *copier) copyXattrsFd(sfd, dfd int, dpath string) error {
-	var n int
-	for {
-		var err error
-		n, err = unix.Flistxattr(sfd, c.names)
-		if errors.Is(err, unix.ERANGE) {
-			sz, err := unix.Flistxattr(sfd, nil)
-			if err != nil {
-				return fmt.Errorf("copy xattrs to %s: list: %w", dpath, err)
-			}
-			c.names = make([]byte, sz+256)
-			continue
-		}
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("copy xattrs to %s: list: %w", dpath, err)
-		}
-		break
+// copier's buffers. With inherited, dfd's xattrs that sfd lacks (inherited
+// from a default ACL) are removed. It reports whether dfd's access ACL was
+// set or removed, which changes its mode.
+func (c *copier) copyXattrsFd(sfd, dfd int, dpath string, inherited bool) (aclChanged bool, err error) {
+	n, err := listXattrsFd(sfd, &c.names)
+	if err != nil {
+		return false, fmt.Errorf("copy xattrs to %s: list source: %w", dpath, err)
 	}
-	list := c.names[:n]
-	for len(list) > 0 {
-		i := 0
-		for i < len(list) && list[i] != 0 {
-			i++
-		}
-		name := string(list[:i])
-		if i < len(list) {
-			i++
-		}
-		list = list[i:]
+	src := c.names[:n]
+	for list := src; len(list) > 0; {
+		var name string
+		name, list = nextName(list)
 		if name == "" {
 			continue
 		}
@@ -584,13 +576,102 @@ func (c *copier) copyXattrsFd(sfd, dfd int, dpath string) error {
 			continue // removed since it was listed
 		}
 		if err != nil {
-			return fmt.Errorf("copy xattr %s to %s: %w", name, dpath, err)
+			return aclChanged, fmt.Errorf("copy xattr %s to %s: %w", name, dpath, err)
 		}
 		if err := unix.Fsetxattr(dfd, name, v, 0); err != nil {
-			return fmt.Errorf("copy xattr %s to %s: %w", name, dpath, err)
+			return aclChanged, fmt.Errorf("copy xattr %s to %s: %w", name, dpath, err)
+		}
+		aclChanged = aclChanged || name == aclAccess
+	}
+	if !inherited {
+		return aclChanged, nil
+	}
+	n, err = listXattrsFd(dfd, &c.dnames)
+	if err != nil {
+		return aclChanged, fmt.Errorf("copy xattrs to %s: list: %w", dpath, err)
+	}
+	for list := c.dnames[:n]; len(list) > 0; {
+		var name string
+		name, list = nextName(list)
+		if name == "" || hasName(src, name) {
+			continue
+		}
+		if err := removeExtraXattr(unix.Fremovexattr(dfd, name), name); err != nil {
+			return aclChanged, fmt.Errorf("drop inherited xattr %s of %s: %w", name, dpath, err)
+		}
+		aclChanged = aclChanged || name == aclAccess
+	}
+	return aclChanged, nil
+}
+
+// listXattrsFd lists fd's xattr names into *buf, growing it as needed, and
+// returns the list's length; a filesystem without xattrs gives none.
+func listXattrsFd(fd int, buf *[]byte) (int, error) {
+	if *buf == nil {
+		*buf = make([]byte, 1024)
+	}
+	for {
+		n, err := unix.Flistxattr(fd, *buf)
+		if errors.Is(err, unix.ERANGE) {
+			sz, err := unix.Flistxattr(fd, nil)
+			if err != nil {
+				return 0, err
+			}
+			*buf = make([]byte, sz+256)
+			continue
+		}
+		if errors.Is(err, unix.ENOTSUP) {
+			return 0, nil
+		}
+		return n, err
+	}
+}
+
+// nextName splits the first name off a NUL-separated xattr name list.
+func nextName(list []byte) (string, []byte) {
+	i := 0
+	for i < len(list) && list[i] != 0 {
+		i++
+	}
+	name := string(list[:i])
+	if i < len(list) {
+		i++
+	}
+	return name, list[i:]
+}
+
+// hasName reports whether the NUL-separated name list holds name.
+func hasName(list []byte, name string) bool {
+	for len(list) > 0 {
+		var n string
+		n, list = nextName(list)
+		if n == name {
+			return true
 		}
 	}
-	return nil
+	return false
+}
+
+// removeExtraXattr filters the error of removing an inherited xattr: gone
+// already is fine, and a security label other than security.capability
+// that the LSM refuses to drop is the policy's business, not the copy's.
+func removeExtraXattr(err error, name string) error {
+	if err == nil || errors.Is(err, unix.ENODATA) {
+		return nil
+	}
+	if strings.HasPrefix(name, "security.") && name != "security.capability" &&
+		(errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EACCES)) {
+		return nil
+	}
+	return err
+}
+
+// hasDefaultACL reports whether the directory fd has a default ACL, so
+// that entries made in it inherit an ACL; when that cannot be told it
+// answers true, the safe side.
+func hasDefaultACL(fd int) bool {
+	_, err := unix.Fgetxattr(fd, "system.posix_acl_default", nil)
+	return !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.EOPNOTSUPP)
 }
 
 func (c *copier) getXattrFd(fd int, name string) ([]byte, error) {
@@ -613,8 +694,9 @@ func (c *copier) getXattrFd(fd int, name string) ([]byte, error) {
 
 // copyXattrsPath copies the xattrs of entries that cannot be opened for
 // f*xattr calls (symlinks, device nodes, fifos, sockets), by path without
-// following symlinks.
-func copyXattrsPath(src, dst string) error {
+// following symlinks. With inherited, dst's xattrs that src lacks are
+// removed.
+func copyXattrsPath(src, dst string, inherited bool) error {
 	all, err := xattr.All(src)
 	if err != nil {
 		return fmt.Errorf("copy xattrs of %s: %w", src, err)
@@ -622,6 +704,21 @@ func copyXattrsPath(src, dst string) error {
 	for name, v := range all {
 		if err := xattr.Set(dst, name, v); err != nil {
 			return fmt.Errorf("copy xattrs of %s: %w", src, err)
+		}
+	}
+	if !inherited {
+		return nil
+	}
+	names, err := xattr.List(dst)
+	if err != nil {
+		return fmt.Errorf("copy xattrs of %s: list copy: %w", src, err)
+	}
+	for _, name := range names {
+		if _, ok := all[name]; ok {
+			continue
+		}
+		if err := removeExtraXattr(unix.Lremovexattr(dst, name), name); err != nil {
+			return fmt.Errorf("drop inherited xattr %s of %s: %w", name, dst, err)
 		}
 	}
 	return nil
@@ -672,22 +769,6 @@ func (c *copier) readDir(fd int) ([]dent, error) {
 			ents = append(ents, dent{name: string(name), typ: rec[18]})
 		}
 	}
-}
-
-// readUmask returns the process umask from /proc/self/status; reading it
-// with umask(2) would mean setting it, racing with other goroutines.
-func readUmask() (uint32, bool) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
-			return uint32(n), err == nil
-		}
-	}
-	return 0, false
 }
 
 // openDir opens a directory for reading entries and *at calls, with

@@ -111,7 +111,6 @@ func Copy(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 // every attribute preserved. Overlay uses it to copy a hardlink target up.
 func CopyFile(src, dst string) error {
 	c := newCopier(Options{})
-	c.known = false // dst's directory may be setgid or carry a default ACL
 	var st unix.Stat_t
 	if err := unix.Lstat(src, &st); err != nil {
 		return fmt.Errorf("copy %s: %w", src, &os.PathError{Op: "lstat", Path: src, Err: err})
@@ -121,7 +120,8 @@ func CopyFile(src, dst string) error {
 	}
 	// With AT_FDCWD and the whole paths as names, the *at calls of the tree
 	// walk work unchanged on a single entry.
-	return c.copyEntry(context.Background(), dirRef{fd: unix.AT_FDCWD}, dirRef{fd: unix.AT_FDCWD}, src, dst, &st, 0, 0)
+	// dst's directory may carry a default ACL: drop what dst inherits.
+	return c.copyEntry(context.Background(), dirRef{fd: unix.AT_FDCWD}, dirRef{fd: unix.AT_FDCWD, inherits: true}, src, dst, &st, 0, 0)
 }
 
 // pathErr names the entry an error happened on, with the operation.

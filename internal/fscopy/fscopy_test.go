@@ -491,7 +491,7 @@ func TestMissingSource(t *testing.T) {
 }
 
 // Modes come out right whatever the umask (the copier skips fchmod only
-// when the umask leaves the mode alone).
+// when the new file's mode, read back, is already right).
 func TestCopyUnderUmask(t *testing.T) {
 	needRoot(t)
 	for _, mask := range []int{0o077, 0o000, 0o022} {
