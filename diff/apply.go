@@ -550,8 +550,6 @@ func (a *applier) opaqueEntry(dir string) error {
 // directory) to make room for a new entry.
 func (a *applier) removeExisting(ph *dirHandle, name string) error {
 	a.waitWriters()
-	// What is removed may be a directory this Apply made.
-	clear(a.created)
 	if err := a.removeAt(ph, name); err != nil {
 		return fmt.Errorf("replace existing entry: %w", err)
 	}
@@ -578,15 +576,22 @@ func (a *applier) removeAt(ph *dirHandle, name string) error {
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		// Times recorded for the directory and below must not be set on
-		// whatever takes its place (through a symlink, on a lower tree).
+		// whatever takes its place (through a symlink, on a lower tree),
+		// and what takes its place was not made by this Apply.
 		canon := ph.child(name)
-		for k := range a.dirTimes {
-			if k == canon || strings.HasPrefix(k, canon+"/") {
-				delete(a.dirTimes, k)
-			}
-		}
+		deleteSubtree(a.dirTimes, canon)
+		deleteSubtree(a.created, canon)
 	}
 	return nil
+}
+
+// deleteSubtree deletes the keys of m that are canon or lie below it.
+func deleteSubtree[V any](m map[string]V, canon string) {
+	for k := range m {
+		if k == canon || strings.HasPrefix(k, canon+"/") {
+			delete(m, k)
+		}
+	}
 }
 
 // replaceAt runs mk, and when the name is taken, removes what is there and
