@@ -63,6 +63,10 @@ type ApplyResult struct {
 // that never follow it. Whiteouts are stored as opts.Whiteouts says, with
 // the rules of DESIGN.md's "one tree per image".
 //
+// Bounds: a GNU sparse entry may declare at most 256 GiB (its holes are
+// expanded as zeros to read); everything else is bounded by the stream
+// itself, and ctx bounds the time.
+//
 // On error the root is left half-applied: the caller discards the layer.
 func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (ApplyResult, error) {
 	var res ApplyResult
