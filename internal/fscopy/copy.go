@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -41,6 +42,17 @@ func (d dirRef) join(name string) string {
 		return name
 	}
 	return d.path + "/" + name
+}
+
+// at returns a path for name in d that calls without an *at form can use
+// however deep d is: "/proc/self/fd/<fd>/name", which resolves only name
+// below the open directory (and, for l* calls, does not follow name). A
+// path from the root may exceed PATH_MAX (diff.Apply makes such trees).
+func (d dirRef) at(name string) string {
+	if d.fd == unix.AT_FDCWD {
+		return name
+	}
+	return "/proc/self/fd/" + strconv.Itoa(d.fd) + "/" + name
 }
 
 // inode identifies a source file for hardlink detection.
@@ -101,9 +113,15 @@ type shared struct {
 // linkState is the first copy of a multiply-linked inode; done is closed
 // once it exists (or failed, err set).
 type linkState struct {
-	path string
+	path string // for errors only: it may be longer than PATH_MAX
 	done chan struct{}
 	err  error
+	// fd is an O_PATH fd of the first copy, to link further names to
+	// with linkat however deep it is; set before done is closed. It is
+	// closed when the names left (the source's link count minus the names
+	// made, guarded by shared.mu) reach 0, or by closeLinks at the end.
+	fd   int
+	left uint64
 }
 
 // claimLink returns the first copy of inode key, and whether the caller
@@ -114,9 +132,36 @@ func (sh *shared) claimLink(key inode, path string) (*linkState, bool) {
 	if ls, ok := sh.links[key]; ok {
 		return ls, false
 	}
-	ls := &linkState{path: path, done: make(chan struct{})}
+	ls := &linkState{path: path, done: make(chan struct{}), fd: -1}
 	sh.links[key] = ls
 	return ls, true
+}
+
+// linked counts one more name made for ls, closing its fd once every name
+// the source has is made.
+func (sh *shared) linked(ls *linkState) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if ls.left > 0 {
+		ls.left--
+	}
+	if ls.left == 0 && ls.fd >= 0 {
+		unix.Close(ls.fd)
+		ls.fd = -1
+	}
+}
+
+// closeLinks closes the fds of first copies whose other names were not all
+// in the tree; the copy is over.
+func (sh *shared) closeLinks() {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for _, ls := range sh.links {
+		if ls.fd >= 0 {
+			unix.Close(ls.fd)
+			ls.fd = -1
+		}
+	}
 }
 
 func (sh *shared) fail(err error) {
@@ -230,6 +275,7 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 	stop := c.startWorkers(ctx)
 	err = c.copyDir(ctx, s, d, 0)
 	stop()
+	c.sh.closeLinks()
 	if err != nil {
 		return err
 	}
@@ -393,7 +439,9 @@ func (c *copier) copyEntry(ctx context.Context, s, d dirRef, sname, dname string
 			if first.err != nil {
 				return fmt.Errorf("copy %s: its hardlink %s failed", s.join(sname), first.path)
 			}
-			if err := unix.Linkat(unix.AT_FDCWD, first.path, d.fd, dname, 0); err != nil {
+			err := linkTo(first.fd, d.fd, dname)
+			c.sh.linked(first)
+			if err != nil {
 				return fmt.Errorf("copy %s: hardlink to %s: %w", s.join(sname), first.path, pathErr("link", d.join(dname), err))
 			}
 			c.stats.Hardlinks++
@@ -401,6 +449,14 @@ func (c *copier) copyEntry(ctx context.Context, s, d dirRef, sname, dname string
 		}
 		err := c.copyEntryData(s, d, sname, dname, st, format, sfd)
 		sfd = -1 // closed by copyEntryData
+		if err == nil {
+			// O_PATH|O_NOFOLLOW opens the entry itself, symlinks too.
+			first.fd, err = unix.Openat(d.fd, dname, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				err = fmt.Errorf("copy: %w", pathErr("open", d.join(dname), err))
+			}
+			first.left = st.Nlink - 1
+		}
 		first.err = err
 		close(first.done)
 		return err
@@ -408,6 +464,26 @@ func (c *copier) copyEntry(ctx context.Context, s, d dirRef, sname, dname string
 	err := c.copyEntryData(s, d, sname, dname, st, format, sfd)
 	sfd = -1
 	return err
+}
+
+// linkTo makes dname in dirfd a new name of the file open (O_PATH) as fd.
+// linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it the
+// fd's /proc magic link is followed instead, which also links the entry
+// itself (a symlink is not followed through it).
+func linkTo(fd, dirfd int, dname string) error {
+	err := unix.Linkat(fd, "", dirfd, dname, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+		if err2 := linkProc(fd, dirfd, dname); err2 == nil || !errors.Is(err2, unix.ENOENT) {
+			err = err2 // else no /proc: report the first error
+		}
+	}
+	return err
+}
+
+// linkProc is linkTo through /proc/self/fd, for callers without
+// CAP_DAC_READ_SEARCH.
+func linkProc(fd, dirfd int, dname string) error {
+	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, dname, unix.AT_SYMLINK_FOLLOW)
 }
 
 // copyEntryData makes the new entry d/dname as a copy of s/sname, closing
@@ -511,7 +587,7 @@ func (c *copier) copySymlink(s, d dirRef, sname, dname string, st *unix.Stat_t) 
 	if err := unix.Fchownat(d.fd, dname, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("lchown", d.join(dname), err))
 	}
-	if err := copyXattrsPath(s.join(sname), d.join(dname), d.inherits); err != nil {
+	if err := copyXattrsPath(s.at(sname), d.at(dname), s.join(sname), d.inherits); err != nil {
 		return err
 	}
 	if err := c.setTimes(d.fd, dname, st); err != nil {
@@ -529,7 +605,7 @@ func (c *copier) copySpecial(s, d dirRef, sname, dname string, st *unix.Stat_t) 
 	if err := unix.Fchownat(d.fd, dname, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("lchown", d.join(dname), err))
 	}
-	if err := copyXattrsPath(s.join(sname), d.join(dname), d.inherits); err != nil {
+	if err := copyXattrsPath(s.at(sname), d.at(dname), s.join(sname), d.inherits); err != nil {
 		return err
 	}
 	if err := unix.Fchmodat(d.fd, dname, st.Mode&07777, 0); err != nil {
@@ -694,16 +770,17 @@ func (c *copier) getXattrFd(fd int, name string) ([]byte, error) {
 
 // copyXattrsPath copies the xattrs of entries that cannot be opened for
 // f*xattr calls (symlinks, device nodes, fifos, sockets), by path without
-// following symlinks. With inherited, dst's xattrs that src lacks are
+// following symlinks; src and dst are dirRef.at paths and srcName names
+// the source in errors. With inherited, dst's xattrs that src lacks are
 // removed.
-func copyXattrsPath(src, dst string, inherited bool) error {
+func copyXattrsPath(src, dst, srcName string, inherited bool) error {
 	all, err := xattr.All(src)
 	if err != nil {
-		return fmt.Errorf("copy xattrs of %s: %w", src, err)
+		return fmt.Errorf("copy xattrs of %s: %w", srcName, err)
 	}
 	for name, v := range all {
 		if err := xattr.Set(dst, name, v); err != nil {
-			return fmt.Errorf("copy xattrs of %s: %w", src, err)
+			return fmt.Errorf("copy xattrs of %s: %w", srcName, err)
 		}
 	}
 	if !inherited {
@@ -711,14 +788,14 @@ func copyXattrsPath(src, dst string, inherited bool) error {
 	}
 	names, err := xattr.List(dst)
 	if err != nil {
-		return fmt.Errorf("copy xattrs of %s: list copy: %w", src, err)
+		return fmt.Errorf("copy xattrs of %s: list copy: %w", srcName, err)
 	}
 	for _, name := range names {
 		if _, ok := all[name]; ok {
 			continue
 		}
 		if err := removeExtraXattr(unix.Lremovexattr(dst, name), name); err != nil {
-			return fmt.Errorf("drop inherited xattr %s of %s: %w", name, dst, err)
+			return fmt.Errorf("copy xattrs of %s: drop inherited xattr %s: %w", srcName, name, err)
 		}
 	}
 	return nil

@@ -121,7 +121,9 @@ func CopyFile(src, dst string) error {
 	// With AT_FDCWD and the whole paths as names, the *at calls of the tree
 	// walk work unchanged on a single entry.
 	// dst's directory may carry a default ACL: drop what dst inherits.
-	return c.copyEntry(context.Background(), dirRef{fd: unix.AT_FDCWD}, dirRef{fd: unix.AT_FDCWD, inherits: true}, src, dst, &st, 0, 0)
+	err := c.copyEntry(context.Background(), dirRef{fd: unix.AT_FDCWD}, dirRef{fd: unix.AT_FDCWD, inherits: true}, src, dst, &st, 0, 0)
+	c.sh.closeLinks()
+	return err
 }
 
 // pathErr names the entry an error happened on, with the operation.
