@@ -24,6 +24,11 @@ func unsupported(err error) bool {
 		errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EBADF)
 }
 
+// errSourceChanged is returned when a file's data ends before the size it
+// was stat'ed with: it shrank (or was truncated) while being copied, and a
+// copy padded with zeros would look whole.
+var errSourceChanged = errors.New("source changed during copy")
+
 func (c *copier) dev(dev uint64) *devState {
 	ds := c.devs[dev]
 	if ds == nil {
@@ -92,6 +97,15 @@ func (c *copier) copyData(sfd, dfd int, st *unix.Stat_t) error {
 		}
 		off = hole
 	}
+	// A shrunk source looks like a trailing hole to SEEK_DATA: before
+	// padding the copy to size, make sure the source still has it.
+	var now unix.Stat_t
+	if err := unix.Fstat(sfd, &now); err != nil {
+		return fmt.Errorf("fstat: %w", err)
+	}
+	if now.Size < size {
+		return fmt.Errorf("%w: size %d, stat'ed as %d", errSourceChanged, now.Size, size)
+	}
 	// The size covers a trailing hole; data already written is not touched.
 	if err := unix.Ftruncate(dfd, size); err != nil {
 		return fmt.Errorf("ftruncate: %w", err)
@@ -123,7 +137,7 @@ func (c *copier) copyRange(sfd, dfd int, off, n int64, ds *devState) error {
 			}
 			if k == 0 {
 				c.stats.Bytes += done
-				return nil // the source shrank under us
+				return fmt.Errorf("%w: data ends at %d, %d bytes before its stat'ed size", errSourceChanged, off+done, n-done)
 			}
 			ds.cfrOK = true
 			done += int64(k)
@@ -146,7 +160,8 @@ func (c *copier) copyRange(sfd, dfd int, off, n int64, ds *devState) error {
 			return fmt.Errorf("read: %w", err)
 		}
 		if r == 0 {
-			break
+			c.stats.Bytes += done
+			return fmt.Errorf("%w: data ends at %d, %d bytes before its stat'ed size", errSourceChanged, off+done, n-done)
 		}
 		for w := 0; w < r; {
 			k, err := unix.Pwrite(dfd, want[w:r], off+done+int64(w))
