@@ -13,9 +13,12 @@ import (
 
 // treeCase is a stack of fixture layers: each is applied with ApplyDiff to a
 // layer created on the previous one, and the top must show exactly the
-// tree the fixtures oracle computes. Then the top is diffed against its
-// parent and that tar applied to a fresh layer on the same parent, which
-// must show the same tree (the diff -> apply round trip).
+// tree the fixtures oracle computes. Empty child layers created on the top
+// (read-only and read-write) must show the same tree: that checks how the
+// driver builds a layer from its parent (a copy, for vfs), which must keep
+// every attribute. Then the top is diffed against its parent and that tar
+// applied to a fresh layer on the same parent, which must show the same
+// tree (the diff -> apply round trip).
 type treeCase struct {
 	name  string
 	needs []string // features probed first; the case skips without them
@@ -39,13 +42,26 @@ func runTreeCase(h *harness, c treeCase) {
 		parent, top = top, fmt.Sprintf("L%03d", i)
 		h.layer(top, parent, l...)
 	}
-	h.check(top, h.expect(layers...))
+	want := h.expect(layers...)
+	h.check(top, want)
 	if c.check != nil {
 		h.with(top, func(root string) { c.check(h, root) })
 	}
+	h.checkChildren(top, want)
 	if !c.noRoundTrip && !h.t.Failed() {
 		h.roundTrip(top, parent)
 	}
+}
+
+// checkChildren creates an empty read-only and an empty read-write layer on
+// top and checks each shows want, top's tree: a child starts as its parent.
+func (h *harness) checkChildren(top string, want fixtures.Tree) {
+	h.t.Helper()
+	child, childRW := top+"-child", top+"-child-rw"
+	h.create(child, top)
+	h.check(child, want)
+	h.createRW(childRW, top)
+	h.check(childRW, want)
 }
 
 // roundTrip diffs name against parent, applies the tar to a new layer on
@@ -357,7 +373,8 @@ func wideDir(n int) []ent {
 }
 
 // path4096 makes a file whose tar name is 4096 bytes: 17 components of
-// 240 bytes and 16 slashes.
+// 240 bytes and 16 slashes; next to it, where a layer's path from / is
+// beyond PATH_MAX, a symlink, a fifo and a second name of the file.
 func path4096() []ent {
 	var es []ent
 	p := ""
@@ -370,5 +387,10 @@ func path4096() []ent {
 	if len(leaf) != 4096 {
 		panic(fmt.Sprintf("path4096: %d bytes", len(leaf)))
 	}
-	return append(es, file(leaf, "4096 bytes deep", 0o644))
+	return append(es,
+		file(leaf, "4096 bytes deep", 0o644),
+		symlink(p+"link", "deep-target"),
+		fixtures.Fifo(p+"fifo", 0o640),
+		hardlink(p+"second", leaf, fixtures.Mode(0o644)),
+	)
 }
