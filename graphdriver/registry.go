@@ -65,15 +65,27 @@ func Names() []string {
 	return names
 }
 
-// New creates the driver registered as name.
+// New creates the driver registered as name. Options whose key starts with
+// the name of another registered driver ("vfs.copy" when name is overlay)
+// are that driver's and are not passed on, so one set of --storage-opt
+// values serves whichever driver ends up chosen; any other key goes to the
+// driver, which refuses those it does not take.
 func New(name, home string, options map[string]string) (Driver, error) {
 	registryMu.RLock()
 	r, ok := registry[name]
+	own := make(map[string]string, len(options))
+	for k, v := range options {
+		prefix, _, dotted := strings.Cut(k, ".")
+		if _, other := registry[prefix]; dotted && other && prefix != name {
+			continue
+		}
+		own[k] = v
+	}
 	registryMu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknownDriver, name, strings.Join(Names(), ", "))
 	}
-	d, err := r.New(home, options)
+	d, err := r.New(home, own)
 	if err != nil {
 		return nil, fmt.Errorf("driver %s: %w", name, err)
 	}

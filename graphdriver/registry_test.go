@@ -169,3 +169,20 @@ func TestRegisterMisuse(t *testing.T) {
 		})
 	}
 }
+
+// Options named for another driver go to that driver only: Default can
+// then fall through to it with the same options.
+func TestNewPassesOnlyOwnOrGenericOptions(t *testing.T) {
+	registerFakes()
+	d, err := New("registrytest-mid", "/registry-test/ok", map[string]string{"registrytest-low.bad": "x"})
+	if err != nil || d.String() != "registrytest-mid" {
+		t.Fatalf("New with another driver's option = %v, %v; want registrytest-mid", d, err)
+	}
+	if _, err := New("registrytest-mid", "/registry-test/ok", map[string]string{"bad": "x"}); !errors.Is(err, ErrUnknownOption) {
+		t.Fatalf("New with a bad generic option: %v, want ErrUnknownOption", err)
+	}
+	if _, err := New("registrytest-mid", "/registry-test/ok", map[string]string{"nosuchdriver.bad": "x"}); err != nil {
+		// Not another driver's: passed on, and this fake ignores it.
+		t.Fatalf("New with an unregistered prefix: %v", err)
+	}
+}
