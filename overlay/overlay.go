@@ -1,0 +1,804 @@
+// Package overlay is the overlayfs graph driver: every layer keeps only
+// its own changes, and Get mounts the layer's directory over its parents'
+// as one overlay filesystem. Creating a layer costs a few directories
+// whatever its parent holds, and the kernel does copy-up, whiteouts and
+// opaque directories.
+//
+// Layout under the driver's home (HOME, e.g. ROOT/overlay):
+//
+//	HOME/<id>/diff        the layer's own content: its overlay upper dir
+//	HOME/<id>/work        overlay's work dir for that upper dir
+//	HOME/<id>/merged      the mount point Get returns
+//	HOME/<id>/lower       the parent chain: one layer ID a line, the
+//	                      parent first and the bottom-most layer last
+//	                      (overlay's lowerdir order); absent without parent
+//	HOME/<id>/kind        "image" (Create) or "read-write" (CreateReadWrite)
+//	HOME/<id>/link        the layer's short name (6 base-36 characters)
+//	HOME/l/<short>        symlink to ../<id>/diff, so that mount options
+//	                      naming many lowers stay short (see below)
+//	HOME/empty            an empty directory: the lower of layers without
+//	                      parent, since overlay needs at least one lower
+//	HOME/tmp/<name>       a layer being built or removed, New's probe
+//	HOME/tmp/<name>.lock  its lock file (flock)
+//
+// Every layer, read-only (Create) or read-write (CreateReadWrite), has an
+// upper and a work dir for now, because the naive ApplyDiff of package
+// graphdriver fills an image layer by writing through its mount; the
+// kernel then stores deletions natively, as 0/0 character devices and the
+// trusted.overlay.opaque xattr in the upper dir. Read-only mounts of image
+// layers come with the native ApplyDiff.
+//
+// A new layer's diff dir takes its parent's root mode, owner and xattrs,
+// since overlay shows the root attributes of the upper dir only.
+//
+// A layer is built under HOME/tmp and renamed into place only when whole
+// (renameat2 RENAME_NOREPLACE, so two racing Creates of one ID cannot both
+// win), and Remove unmounts it and renames it out before deleting it, so a
+// killed process never leaves a half layer that looks whole. Entries of
+// HOME/tmp are guarded by flocked lock files as in the vfs driver, and New
+// removes those whose lock nobody holds. A short link left by a killed
+// Create points nowhere and is harmless.
+//
+// Mounting uses the new mount API where the kernel has it: fsopen, one
+// fsconfig(FSCONFIG_SET_FD, "lowerdir+") per lower layer with an O_PATH
+// directory fd (path strings of the short links on kernels from 6.8 that
+// take no fds), fsmount and move_mount, so chains up to the kernel's 500
+// lowers mount whatever the length of HOME. Older kernels get classic
+// mount(2) with absolute short-link paths, whose one-page options string
+// holds about 120 lowers. New picks the method with a probe mount, which
+// also refuses homes that cannot be an upper dir (overlay on overlay).
+// Options of every mount: index=on (off where the filesystem cannot have
+// it, and while a parent is mounted), metacopy=off, redirect_dir=on; see
+// mountOptions for why these and not index=off,redirect_dir=nofollow yet.
+//
+// Get counts references per layer: the first mounts, the last Put
+// unmounts. Counts are per driver instance and in memory; the store
+// reconciles them with mountinfo after a crash. The home is not made a
+// private bind mount of its own yet; on hosts where / is shared, mounts
+// propagate to peer namespaces.
+package overlay
+
+import (
+	"bufio"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/graphdriver"
+)
+
+// Name is the driver's registered name.
+const Name = "overlay"
+
+// Priority places overlay first when choosing a default driver: it works
+// on every modern host and costs nothing per layer.
+const Priority = 100
+
+func init() {
+	graphdriver.Register(graphdriver.Registration{Name: Name, Priority: Priority, New: New})
+}
+
+// Driver is the overlay driver. It is safe for concurrent use.
+type Driver struct {
+	home   string
+	tmp    string // HOME/tmp
+	links  string // HOME/l
+	empty  string // HOME/empty
+	fsType string // backing filesystem, for Status
+	method mountMethod
+	// index: layers mount with index=on (the probe found that the
+	// home's filesystem takes it); see mountOptions.
+	index bool
+
+	refs  graphdriver.RefCounter
+	locks idLocks
+
+	mu      sync.Mutex
+	mounted map[string]bool // layers this instance has mounted
+}
+
+var _ graphdriver.Driver = (*Driver)(nil)
+
+// New creates the overlay driver rooted at home, making home if needed,
+// and removes whatever a killed process left under HOME/tmp. It fails
+// with an error wrapping graphdriver.ErrNotSupported when the kernel has
+// no overlayfs or home's filesystem cannot carry it, and with
+// graphdriver.ErrUnknownOption for any option (overlay takes none yet).
+func New(home string, options map[string]string) (graphdriver.Driver, error) {
+	keys := make([]string, 0, len(options))
+	for key := range options {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	if len(keys) > 0 {
+		return nil, graphdriver.UnknownOption(Name, keys[0])
+	}
+	if !kernelHasOverlay() {
+		return nil, fmt.Errorf("overlay: the kernel has no overlay filesystem (not in /proc/filesystems): %w", graphdriver.ErrNotSupported)
+	}
+	home = filepath.Clean(home)
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	d := &Driver{
+		home:    home,
+		tmp:     filepath.Join(home, "tmp"),
+		links:   filepath.Join(home, "l"),
+		empty:   filepath.Join(home, "empty"),
+		mounted: make(map[string]bool),
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(home, &st); err != nil {
+		return nil, fmt.Errorf("overlay: statfs %s: %w", home, err)
+	}
+	d.fsType = fsTypeName(st.Type)
+	if st.Type == unix.OVERLAYFS_SUPER_MAGIC {
+		return nil, fmt.Errorf("overlay: root %s is on overlayfs, which cannot be an upper dir; use --driver vfs: %w", home, graphdriver.ErrNotSupported)
+	}
+	for _, p := range []string{d.tmp, d.links, d.empty} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return nil, fmt.Errorf("overlay: %w", err)
+		}
+	}
+	if err := d.cleanTmp(); err != nil {
+		return nil, err
+	}
+	ok, err := supportsDType(d.tmp)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("overlay: the %s filesystem of %s does not report file types in directory entries (d_type), which overlay needs; use --driver vfs: %w",
+			d.fsType, home, graphdriver.ErrNotSupported)
+	}
+	if d.method, d.index, err = d.probe(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// kernelHasOverlay reads /proc/filesystems; when it cannot be read, the
+// probe mount decides.
+func kernelHasOverlay() bool {
+	b, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[len(f)-1] == "overlay" {
+			return true
+		}
+	}
+	return false
+}
+
+// supportsDType reports whether the filesystem of dir fills d_type in
+// directory entries (xfs made with ftype=0 does not).
+func supportsDType(dir string) (bool, error) {
+	f, err := os.CreateTemp(dir, "dtype-")
+	if err != nil {
+		return false, err
+	}
+	name := filepath.Base(f.Name())
+	f.Close()
+	defer os.Remove(f.Name())
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 8192)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			return false, fmt.Errorf("getdents %s: %w", dir, err)
+		}
+		if n <= 0 {
+			return false, fmt.Errorf("d_type probe: %s vanished from %s", name, dir)
+		}
+		for off := 0; off < n; {
+			// struct linux_dirent64: ino(8) off(8) reclen(2) type(1) name
+			reclen := int(buf[off+16]) | int(buf[off+17])<<8
+			typ := buf[off+18]
+			nameBytes := buf[off+19 : off+reclen]
+			if i := strings.IndexByte(string(nameBytes), 0); i >= 0 {
+				nameBytes = nameBytes[:i]
+			}
+			if string(nameBytes) == name {
+				return typ != unix.DT_UNKNOWN, nil
+			}
+			off += reclen
+		}
+	}
+}
+
+// String returns "overlay".
+func (d *Driver) String() string { return Name }
+
+// reserved are the names under HOME that are not layers.
+var reserved = map[string]bool{"l": true, "tmp": true, "empty": true}
+
+// validID refuses IDs that are not one plain path element or that name
+// one of the driver's own entries of HOME.
+func validID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("invalid layer ID %q", id)
+	}
+	if reserved[id] {
+		return fmt.Errorf("invalid layer ID %q: reserved by the overlay driver", id)
+	}
+	return nil
+}
+
+func (d *Driver) dir(id string) string { return filepath.Join(d.home, id) }
+
+// Create makes an image layer id on parent. It has an upper dir like a
+// read-write layer, since ApplyDiff fills it through a mount. Overlay
+// takes no per-layer options.
+func (d *Driver) Create(id, parent string, opts *graphdriver.CreateOpts) error {
+	if err := d.create(id, parent, opts, false); err != nil {
+		return fmt.Errorf("create layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// CreateReadWrite makes a read-write (container) layer id on parent.
+func (d *Driver) CreateReadWrite(id, parent string, opts *graphdriver.CreateOpts) error {
+	if err := d.create(id, parent, opts, true); err != nil {
+		return fmt.Errorf("create read-write layer %s: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool) (err error) {
+	if err := validID(id); err != nil {
+		return err
+	}
+	if opts != nil {
+		keys := make([]string, 0, len(opts.StorageOpt))
+		for key := range opts.StorageOpt {
+			keys = append(keys, key)
+		}
+		sort.Strings(keys)
+		if len(keys) > 0 {
+			return graphdriver.UnknownOption(Name, keys[0])
+		}
+	}
+	if d.Exists(id) {
+		return graphdriver.ErrLayerExists
+	}
+	var lowers []string
+	rootFrom := "" // the directory whose root attributes the new diff dir takes
+	if parent != "" {
+		if err := validID(parent); err != nil {
+			return fmt.Errorf("parent: %w", err)
+		}
+		if !d.Exists(parent) {
+			return fmt.Errorf("parent %s: %w", parent, graphdriver.ErrLayerNotExist)
+		}
+		pl, err := d.readLowers(parent)
+		if err != nil {
+			return fmt.Errorf("parent %s: %w", parent, err)
+		}
+		lowers = append([]string{parent}, pl...)
+		rootFrom = filepath.Join(d.dir(parent), "diff")
+	}
+
+	te, err := d.newTmp("new-" + id)
+	if err != nil {
+		return err
+	}
+	tmp := te.path
+	var link string // HOME/l/<short>, once made
+	defer func() {
+		if err != nil {
+			if link != "" {
+				_ = os.Remove(link)
+			}
+			_ = te.remove()
+		} else {
+			// The layer is published; a lock file that cannot be
+			// unlinked is left for the next New to remove.
+			_ = te.release()
+		}
+	}()
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	for _, sub := range []string{"work", "merged"} {
+		if err := os.Mkdir(filepath.Join(tmp, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := makeRoot(filepath.Join(tmp, "diff"), rootFrom); err != nil {
+		return err
+	}
+	if len(lowers) > 0 {
+		if err := writeFile(filepath.Join(tmp, "lower"), strings.Join(lowers, "\n")+"\n"); err != nil {
+			return err
+		}
+	}
+	kind := kindImage
+	if rw {
+		kind = kindReadWrite
+	}
+	if err := writeFile(filepath.Join(tmp, "kind"), kind+"\n"); err != nil {
+		return err
+	}
+	short, err := d.makeLink(id)
+	if err != nil {
+		return err
+	}
+	link = filepath.Join(d.links, short)
+	if err := writeFile(filepath.Join(tmp, "link"), short); err != nil {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d.dir(id), unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			return graphdriver.ErrLayerExists
+		}
+		return fmt.Errorf("publish: %w", &os.LinkError{Op: "rename", Old: tmp, New: d.dir(id), Err: err})
+	}
+	return nil
+}
+
+// makeRoot makes the diff dir at p: mode 0755 owned by root for a layer
+// without parent, else with the mode, owner and xattrs (overlay's own
+// excepted) of the parent's diff dir from, because the root of an overlay
+// mount shows the attributes of its upper dir only.
+func makeRoot(p, from string) error {
+	if err := os.Mkdir(p, 0o755); err != nil {
+		return err
+	}
+	mode, uid, gid := uint32(0o755), 0, 0
+	if from != "" {
+		var st unix.Stat_t
+		if err := unix.Lstat(from, &st); err != nil {
+			return fmt.Errorf("parent root: %w", &os.PathError{Op: "lstat", Path: from, Err: err})
+		}
+		mode, uid, gid = st.Mode&0o7777, int(st.Uid), int(st.Gid)
+		if err := copyXattrs(from, p); err != nil {
+			return err
+		}
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return err
+		}
+	}
+	// After the chown, which clears setuid and setgid bits; Mkdir's mode
+	// passes through the umask, this does not.
+	if err := unix.Chmod(p, mode); err != nil {
+		return &os.PathError{Op: "chmod", Path: p, Err: err}
+	}
+	return nil
+}
+
+// copyXattrs copies the xattrs of directory from to directory to, but
+// overlay's own (trusted.overlay.*, user.overlay.*), which describe from's
+// place in its stack and not its content.
+func copyXattrs(from, to string) error {
+	names, err := listXattrs(from)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") {
+			continue
+		}
+		val, err := getXattr(from, name)
+		if err != nil {
+			return err
+		}
+		if err := unix.Lsetxattr(to, name, val, 0); err != nil {
+			return fmt.Errorf("copy xattr %s of parent root to %s: %w", name, to, err)
+		}
+	}
+	return nil
+}
+
+func listXattrs(p string) ([]string, error) {
+	for size := 1024; ; size *= 4 {
+		buf := make([]byte, size)
+		n, err := unix.Llistxattr(p, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list xattrs of %s: %w", p, err)
+		}
+		var names []string
+		for _, s := range strings.Split(string(buf[:n]), "\x00") {
+			if s != "" {
+				names = append(names, s)
+			}
+		}
+		return names, nil
+	}
+}
+
+func getXattr(p, name string) ([]byte, error) {
+	for size := 256; ; size *= 4 {
+		buf := make([]byte, size)
+		n, err := unix.Lgetxattr(p, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get xattr %s of %s: %w", name, p, err)
+		}
+		return buf[:n], nil
+	}
+}
+
+// Layer kinds, as HOME/<id>/kind holds them.
+const (
+	kindImage     = "image"      // made by Create
+	kindReadWrite = "read-write" // made by CreateReadWrite
+)
+
+func writeFile(p, content string) error {
+	return os.WriteFile(p, []byte(content), 0o600)
+}
+
+// shortAlphabet spells short link names (base 36).
+const shortAlphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+// shortLen is the length of a short name: 36^6 (two billion) names make
+// collisions, which are retried anyway, rare.
+const shortLen = 6
+
+// makeLink makes HOME/l/<short> pointing to ../<id>/diff under a fresh
+// random short name and returns the name.
+func (d *Driver) makeLink(id string) (string, error) {
+	target := filepath.Join("..", id, "diff")
+	for range 100 {
+		var b [shortLen]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		for i := range b {
+			b[i] = shortAlphabet[int(b[i])%len(shortAlphabet)]
+		}
+		short := string(b[:])
+		err := os.Symlink(target, filepath.Join(d.links, short))
+		if err == nil {
+			return short, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("make short link: %w", err)
+		}
+	}
+	return "", fmt.Errorf("make short link: no free name under %s after 100 tries", d.links)
+}
+
+// readLowers returns layer id's parent chain, parent first.
+func (d *Driver) readLowers(id string) ([]string, error) {
+	f, err := os.Open(filepath.Join(d.dir(id), "lower"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no parent
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var lowers []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := sc.Text()
+		if l == "" {
+			continue
+		}
+		if err := validID(l); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Name(), err)
+		}
+		lowers = append(lowers, l)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+	}
+	return lowers, nil
+}
+
+// readLink returns layer id's short name.
+func (d *Driver) readLink(id string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.dir(id), "link"))
+	if err != nil {
+		return "", err
+	}
+	short := strings.TrimSpace(string(b))
+	if len(short) == 0 || strings.ContainsAny(short, "/\x00") {
+		return "", fmt.Errorf("%s: bad short name %q", filepath.Join(d.dir(id), "link"), short)
+	}
+	return short, nil
+}
+
+// Remove deletes layer id, unmounting it first. Removing a layer that does
+// not exist succeeds, so that removal is idempotent. References from Get
+// are dropped. A mount that stays busy is detached (MNT_DETACH), so that
+// Remove does not fail on a reader; the error of a failed detach is
+// returned and nothing is deleted.
+func (d *Driver) Remove(id string) error {
+	if err := validID(id); err != nil {
+		return fmt.Errorf("remove layer: %w", err)
+	}
+	unlock := d.locks.lock(id)
+	defer unlock()
+	d.refs.Forget(id)
+	merged := filepath.Join(d.dir(id), "merged")
+	if err := graphdriver.Unmount(merged); err != nil {
+		if derr := graphdriver.UnmountDetach(merged); derr != nil {
+			return fmt.Errorf("remove layer %s: %w", id, errors.Join(err, derr))
+		}
+	}
+	d.setMounted(id, false)
+	short, _ := d.readLink(id) // a layer without link still goes
+	te, err := d.newTmp("rm-" + id)
+	if err != nil {
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	// Rename out first: the layer stops existing at once, atomically, and
+	// a crash during the slow delete leaves only HOME/tmp debris.
+	if err := os.Rename(d.dir(id), te.path); err != nil {
+		_ = te.release()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	if short != "" {
+		link := filepath.Join(d.links, short)
+		if target, err := os.Readlink(link); err == nil && target == filepath.Join("..", id, "diff") {
+			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+				_ = te.remove()
+				return fmt.Errorf("remove layer %s: %w", id, err)
+			}
+		}
+	}
+	if err := te.remove(); err != nil {
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get mounts layer id on HOME/<id>/merged, on its first reference, and
+// returns that path. Overlay takes no mount options yet. A layer found
+// already mounted there (by another instance on the same home, or left by
+// a killed process) is used as it is.
+func (d *Driver) Get(id string, opts graphdriver.MountOpts) (string, error) {
+	if err := validID(id); err != nil {
+		return "", fmt.Errorf("get layer: %w", err)
+	}
+	if len(opts.Options) > 0 {
+		return "", fmt.Errorf("get layer %s: overlay takes no mount options yet (got %q)", id, opts.Options)
+	}
+	unlock := d.locks.lock(id)
+	defer unlock()
+	if !d.Exists(id) {
+		return "", fmt.Errorf("get layer %s: %w", id, graphdriver.ErrLayerNotExist)
+	}
+	merged := filepath.Join(d.dir(id), "merged")
+	if d.refs.Increment(id) > 1 {
+		return merged, nil
+	}
+	if err := d.mount(id, merged); err != nil {
+		d.refs.Decrement(id)
+		return "", fmt.Errorf("get layer %s: %w", id, err)
+	}
+	d.setMounted(id, true)
+	return merged, nil
+}
+
+// mount mounts layer id on merged, unless something is mounted there.
+func (d *Driver) mount(id, merged string) error {
+	if ok, err := graphdriver.IsMountpoint(merged); err != nil {
+		return err
+	} else if ok {
+		return nil
+	}
+	lowers, err := d.readLowers(id)
+	if err != nil {
+		return err
+	}
+	m := overlayMount{
+		upper:  filepath.Join(d.dir(id), "diff"),
+		work:   filepath.Join(d.dir(id), "work"),
+		target: merged,
+	}
+	if len(lowers) == 0 {
+		m.lowers, m.lowerLinks = []string{d.empty}, []string{d.empty}
+	}
+	for _, l := range lowers {
+		m.lowers = append(m.lowers, filepath.Join(d.dir(l), "diff"))
+		if d.method == methodFsconfigFd {
+			m.lowerLinks = append(m.lowerLinks, "")
+			continue
+		}
+		short, err := d.readLink(l)
+		if err != nil {
+			return fmt.Errorf("lower layer %s: %w", l, err)
+		}
+		m.lowerLinks = append(m.lowerLinks, filepath.Join(d.links, short))
+	}
+	m.index = d.index
+	err = mount(d.method, m)
+	if err != nil && m.index && errors.Is(err, unix.EBUSY) {
+		// Our own upper dir is only ever mounted on merged: if that is
+		// not mounted now, the busy dir is a lower one, the upper dir of
+		// a parent's live mount, which index=on refuses. This mount goes
+		// without the index (see mountOptions).
+		if ok, merr := graphdriver.IsMountpoint(merged); merr == nil && ok {
+			return nil // another instance mounted it meanwhile
+		}
+		m.index = false
+		err = mount(d.method, m)
+	}
+	if err != nil {
+		for _, l := range lowers {
+			if !d.Exists(l) {
+				return fmt.Errorf("lower layer %s: %w (%w)", l, graphdriver.ErrLayerNotExist, err)
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) setMounted(id string, on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.mounted[id] = true
+	} else {
+		delete(d.mounted, id)
+	}
+}
+
+// Put releases a reference taken by Get and unmounts the layer when it
+// was the last. A Put without a matching Get (of a layer never mounted,
+// already removed or unknown) is a no-op returning nil, as the
+// conformance suite requires. When the unmount fails, the reference is
+// kept, so that the count still says the layer is mounted.
+func (d *Driver) Put(id string) error {
+	if validID(id) != nil {
+		return nil
+	}
+	unlock := d.locks.lock(id)
+	defer unlock()
+	if d.refs.Count(id) == 0 {
+		return nil
+	}
+	if d.refs.Decrement(id) > 0 {
+		return nil
+	}
+	if err := graphdriver.Unmount(filepath.Join(d.dir(id), "merged")); err != nil {
+		d.refs.Increment(id)
+		return fmt.Errorf("put layer %s: %w", id, err)
+	}
+	d.setMounted(id, false)
+	return nil
+}
+
+// Exists reports whether layer id is present.
+func (d *Driver) Exists(id string) bool {
+	if validID(id) != nil {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join(d.dir(id), "diff"))
+	return err == nil && fi.IsDir()
+}
+
+// Status reports the backing filesystem, how layers are mounted and with
+// which options.
+func (d *Driver) Status() []graphdriver.Status {
+	return []graphdriver.Status{
+		{Key: "Backing Filesystem", Value: d.fsType},
+		{Key: "Supports d_type", Value: "true"},
+		{Key: "Mount API", Value: d.method.String()},
+		{Key: "Mount Options", Value: d.mountOptionsStatus()},
+		{Key: "Native Overlay Diff", Value: "false"},
+	}
+}
+
+// mountOptionsStatus describes the options mounts use.
+func (d *Driver) mountOptionsStatus() string {
+	if !d.index {
+		return mountOptionsString(false)
+	}
+	return mountOptionsString(true) + " (index=off while a parent is mounted)"
+}
+
+// Cleanup unmounts every layer this instance still has mounted, whatever
+// its count, detaching those that stay busy. The driver is not used
+// afterwards.
+func (d *Driver) Cleanup() error {
+	d.mu.Lock()
+	ids := make([]string, 0, len(d.mounted))
+	for id := range d.mounted {
+		ids = append(ids, id)
+	}
+	d.mu.Unlock()
+	sort.Strings(ids)
+	var errs []error
+	for _, id := range ids {
+		unlock := d.locks.lock(id)
+		merged := filepath.Join(d.dir(id), "merged")
+		if err := graphdriver.Unmount(merged); err != nil {
+			if derr := graphdriver.UnmountDetach(merged); derr != nil {
+				errs = append(errs, fmt.Errorf("overlay cleanup: layer %s: %w", id, errors.Join(err, derr)))
+				unlock()
+				continue
+			}
+		}
+		d.refs.Forget(id)
+		d.setMounted(id, false)
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// idLocks serialises Get, Put and Remove of one layer ID, leaving other
+// IDs free.
+type idLocks struct {
+	mu sync.Mutex
+	m  map[string]*idLock
+}
+
+type idLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks id and returns the unlock function.
+func (l *idLocks) lock(id string) func() {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = make(map[string]*idLock)
+	}
+	il := l.m[id]
+	if il == nil {
+		il = &idLock{}
+		l.m[id] = il
+	}
+	il.users++
+	l.mu.Unlock()
+	il.Lock()
+	return func() {
+		il.Unlock()
+		l.mu.Lock()
+		il.users--
+		if il.users == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// fsTypeName names a filesystem magic number, for Status.
+func fsTypeName(magic int64) string {
+	switch magic {
+	case unix.EXT4_SUPER_MAGIC:
+		return "extfs"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	case unix.NFS_SUPER_MAGIC:
+		return "nfs"
+	}
+	return fmt.Sprintf("%#x", magic)
+}
