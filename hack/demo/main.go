@@ -1,4 +1,5 @@
-// Command demo walks through the layer core on built-in fixtures, printing
+// Command demo walks through the layer core on built-in fixtures, with the
+// best driver for the host (overlay where the kernel has it, else vfs), printing
 // each step: the busybox layer applied, a read-write layer on top changed,
 // its changes listed and exported, the export applied as a new layer, the
 // two trees compared, and a hostile tar refused. The CLI replaces it once
@@ -17,6 +18,7 @@ import (
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
 	"github.com/layers-storage/layers/graphdriver"
+	_ "github.com/layers-storage/layers/overlay" // the default where the kernel has it
 	_ "github.com/layers-storage/layers/vfs"
 )
 
