@@ -236,12 +236,12 @@ func mountClassic(m overlayMount) error {
 // ErrNotSupported, when no method works: the home's filesystem cannot be
 // an upper dir, or the kernel refuses overlay.
 func (d *Driver) probe() (method mountMethod, index bool, err error) {
-	te, err := d.newTmp("probe")
+	te, err := d.tmp.New("probe")
 	if err != nil {
 		return 0, false, err
 	}
-	defer te.remove()
-	p := func(s string) string { return filepath.Join(te.path, s) }
+	defer te.Remove()
+	p := func(s string) string { return filepath.Join(te.Path(), s) }
 	for _, s := range []string{"", "l1", "l2", "upper", "work", "merged", "upper2", "work2"} {
 		if err := os.Mkdir(p(s), 0o700); err != nil {
 			return 0, false, err

@@ -35,9 +35,9 @@
 // (renameat2 RENAME_NOREPLACE, so two racing Creates of one ID cannot both
 // win), and Remove unmounts it and renames it out before deleting it, so a
 // killed process never leaves a half layer that looks whole. Entries of
-// HOME/tmp are guarded by flocked lock files as in the vfs driver, and New
-// removes those whose lock nobody holds. A short link left by a killed
-// Create points nowhere and is harmless.
+// HOME/tmp are guarded by flocked lock files (package internal/staging),
+// and New removes those whose lock nobody holds. A short link left by a
+// killed Create or Remove points nowhere and is harmless.
 //
 // Mounting uses the new mount API where the kernel has it: fsopen, one
 // fsconfig(FSCONFIG_SET_FD, "lowerdir+") per lower layer with an O_PATH
@@ -72,6 +72,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/graphdriver"
+	"github.com/layers-storage/layers/internal/staging"
+	"github.com/layers-storage/layers/internal/xattr"
 )
 
 // Name is the driver's registered name.
@@ -88,10 +90,10 @@ func init() {
 // Driver is the overlay driver. It is safe for concurrent use.
 type Driver struct {
 	home   string
-	tmp    string // HOME/tmp
-	links  string // HOME/l
-	empty  string // HOME/empty
-	fsType string // backing filesystem, for Status
+	tmp    *staging.Dir // HOME/tmp
+	links  string       // HOME/l
+	empty  string       // HOME/empty
+	fsType string       // backing filesystem, for Status
 	method mountMethod
 	// index: layers mount with index=on (the probe found that the
 	// home's filesystem takes it); see mountOptions.
@@ -129,7 +131,6 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 	}
 	d := &Driver{
 		home:    home,
-		tmp:     filepath.Join(home, "tmp"),
 		links:   filepath.Join(home, "l"),
 		empty:   filepath.Join(home, "empty"),
 		mounted: make(map[string]bool),
@@ -142,15 +143,17 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 	if st.Type == unix.OVERLAYFS_SUPER_MAGIC {
 		return nil, fmt.Errorf("overlay: root %s is on overlayfs, which cannot be an upper dir; use --driver vfs: %w", home, graphdriver.ErrNotSupported)
 	}
-	for _, p := range []string{d.tmp, d.links, d.empty} {
+	for _, p := range []string{d.links, d.empty} {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return nil, fmt.Errorf("overlay: %w", err)
 		}
 	}
-	if err := d.cleanTmp(); err != nil {
-		return nil, err
+	tmp, err := staging.Open(home, staging.Options{Cleaner: unmountProbe})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
 	}
-	ok, err := supportsDType(d.tmp)
+	d.tmp = tmp
+	ok, err := supportsDType(tmp.Path())
 	if err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
@@ -162,6 +165,13 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// unmountProbe is the cleaner of stale HOME/tmp entries: a probe killed
+// while mounted leaves its mount behind, which goes before the entry is
+// deleted (not mounted is not an error).
+func unmountProbe(path string) error {
+	return graphdriver.UnmountDetach(filepath.Join(path, "merged"))
 }
 
 // kernelHasOverlay reads /proc/filesystems; when it cannot be read, the
@@ -291,22 +301,18 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 		rootFrom = filepath.Join(d.dir(parent), "diff")
 	}
 
-	te, err := d.newTmp("new-" + id)
+	te, err := d.tmp.New("new-" + id)
 	if err != nil {
 		return err
 	}
-	tmp := te.path
+	tmp := te.Path()
 	var link string // HOME/l/<short>, once made
 	defer func() {
 		if err != nil {
 			if link != "" {
 				_ = os.Remove(link)
 			}
-			_ = te.remove()
-		} else {
-			// The layer is published; a lock file that cannot be
-			// unlinked is left for the next New to remove.
-			_ = te.release()
+			_ = te.Remove()
 		}
 	}()
 	if err := os.Mkdir(tmp, 0o700); err != nil {
@@ -340,11 +346,11 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 	if err := writeFile(filepath.Join(tmp, "link"), short); err != nil {
 		return err
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d.dir(id), unix.RENAME_NOREPLACE); err != nil {
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+	if err := te.Publish(d.dir(id)); err != nil {
+		if errors.Is(err, staging.ErrExists) {
 			return graphdriver.ErrLayerExists
 		}
-		return fmt.Errorf("publish: %w", &os.LinkError{Op: "rename", Old: tmp, New: d.dir(id), Err: err})
+		return err
 	}
 	return nil
 }
@@ -385,60 +391,19 @@ func makeRoot(p, from string) error {
 // overlay's own (trusted.overlay.*, user.overlay.*), which describe from's
 // place in its stack and not its content.
 func copyXattrs(from, to string) error {
-	names, err := listXattrs(from)
+	attrs, err := xattr.All(from)
 	if err != nil {
 		return err
 	}
-	for _, name := range names {
-		if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") {
+	for name, val := range attrs {
+		if xattr.IsOverlayInternal(name) {
 			continue
 		}
-		val, err := getXattr(from, name)
-		if err != nil {
-			return err
-		}
-		if err := unix.Lsetxattr(to, name, val, 0); err != nil {
-			return fmt.Errorf("copy xattr %s of parent root to %s: %w", name, to, err)
+		if err := xattr.Set(to, name, val); err != nil {
+			return fmt.Errorf("copy xattr of parent root: %w", err)
 		}
 	}
 	return nil
-}
-
-func listXattrs(p string) ([]string, error) {
-	for size := 1024; ; size *= 4 {
-		buf := make([]byte, size)
-		n, err := unix.Llistxattr(p, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list xattrs of %s: %w", p, err)
-		}
-		var names []string
-		for _, s := range strings.Split(string(buf[:n]), "\x00") {
-			if s != "" {
-				names = append(names, s)
-			}
-		}
-		return names, nil
-	}
-}
-
-func getXattr(p, name string) ([]byte, error) {
-	for size := 256; ; size *= 4 {
-		buf := make([]byte, size)
-		n, err := unix.Lgetxattr(p, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("get xattr %s of %s: %w", name, p, err)
-		}
-		return buf[:n], nil
-	}
 }
 
 // Layer kinds, as HOME/<id>/kind holds them.
@@ -543,30 +508,20 @@ func (d *Driver) Remove(id string) error {
 	}
 	d.setMounted(id, false)
 	short, _ := d.readLink(id) // a layer without link still goes
-	te, err := d.newTmp("rm-" + id)
-	if err != nil {
+	// Renamed out under HOME/tmp first, then deleted: the layer stops
+	// existing at once, and a crash leaves only HOME/tmp debris.
+	if err := d.tmp.RemoveTree("rm-"+id, d.dir(id)); err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
-	// Rename out first: the layer stops existing at once, atomically, and
-	// a crash during the slow delete leaves only HOME/tmp debris.
-	if err := os.Rename(d.dir(id), te.path); err != nil {
-		_ = te.release()
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
+	// Its short link goes last: one left by a crash points nowhere and
+	// is harmless.
 	if short != "" {
 		link := filepath.Join(d.links, short)
 		if target, err := os.Readlink(link); err == nil && target == filepath.Join("..", id, "diff") {
 			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
-				_ = te.remove()
 				return fmt.Errorf("remove layer %s: %w", id, err)
 			}
 		}
-	}
-	if err := te.remove(); err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	return nil
 }

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/internal/loopfs"
 )
@@ -82,56 +80,6 @@ func TestNewDuringCreate(t *testing.T) {
 	}
 	t.Logf("%d of %d Creates succeeded", okCreates, runs)
 	if ents, _ := os.ReadDir(filepath.Join(home, "tmp")); len(ents) != 0 {
-		t.Errorf("left in HOME/tmp: %v", ents)
-	}
-}
-
-// Debris of a killed process (no lock held: an entry without a lock file,
-// or with an unlocked one, or a lock file alone) is removed by New, while
-// an entry whose lock is held is kept.
-func TestNewCleansStaleButNotLocked(t *testing.T) {
-	home := t.TempDir()
-	newDriver(t, home, nil)
-	tmp := filepath.Join(home, "tmp")
-	mk := func(rel string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Join(tmp, rel), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	touch := func(name string) {
-		t.Helper()
-		if err := os.WriteFile(filepath.Join(tmp, name), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mk("new-a-0000000000000001/usr/bin")
-	mk("rm-b-0000000000000002/etc")
-	touch("rm-b-0000000000000002.lock")
-	touch("new-c-0000000000000003.lock")
-	mk("new-busy-0000000000000004/usr")
-	touch("new-busy-0000000000000004.lock")
-	f, err := os.Open(filepath.Join(tmp, "new-busy-0000000000000004.lock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	newDriver(t, home, nil)
-	var names []string
-	ents, _ := os.ReadDir(tmp)
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	if fmt.Sprint(names) != "[new-busy-0000000000000004 new-busy-0000000000000004.lock]" {
-		t.Errorf("HOME/tmp after New holds %v, want only the locked entry and its lock", names)
-	}
-	// Once the holder is gone, the next New removes it too.
-	f.Close()
-	newDriver(t, home, nil)
-	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 		t.Errorf("left in HOME/tmp: %v", ents)
 	}
 }

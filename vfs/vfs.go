@@ -17,11 +17,8 @@
 //
 // Several driver instances (processes, or goroutines with a driver each)
 // may share one home, and New removes what killed processes left under
-// HOME/tmp. So that it removes only debris, every entry there is guarded
-// by an exclusive flock on HOME/tmp/<name>.lock, taken before the entry
-// is made and held until it is renamed away or deleted; New deletes only
-// entries whose lock it can take without waiting. The kernel drops the
-// lock of a killed process, which is what makes its entries debris.
+// HOME/tmp; package internal/staging guards every entry there with a
+// flocked lock file, so that only debris is removed.
 //
 // Whiteouts are stored by deleting (the delete whiteout format): a layer is
 // its parent's copy with the layer's changes applied, which the naive
@@ -38,20 +35,18 @@ package vfs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/internal/fscopy"
+	"github.com/layers-storage/layers/internal/staging"
 )
 
 // Name is the driver's registered name.
@@ -69,8 +64,8 @@ func init() {
 // Driver is the vfs driver. It is safe for concurrent use.
 type Driver struct {
 	home    string
-	dir     string // HOME/dir
-	tmp     string // HOME/tmp
+	dir     string       // HOME/dir
+	tmp     *staging.Dir // HOME/tmp
 	mode    fscopy.ReflinkMode
 	reflink bool   // the filesystem of home can clone files
 	fsType  string // backing filesystem, for Status
@@ -105,19 +100,20 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 	d := &Driver{
 		home: home,
 		dir:  filepath.Join(home, "dir"),
-		tmp:  filepath.Join(home, "tmp"),
 		mode: mode,
 		refs: make(map[string]int),
 	}
-	for _, p := range []string{home, d.dir, d.tmp} {
+	for _, p := range []string{home, d.dir} {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return nil, fmt.Errorf("vfs: %w", err)
 		}
 	}
-	if err := d.cleanTmp(); err != nil {
-		return nil, err
+	tmp, err := staging.Open(home, staging.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("vfs: %w", err)
 	}
-	ok, err := fscopy.ReflinkSupported(d.tmp)
+	d.tmp = tmp
+	ok, err := fscopy.ReflinkSupported(tmp.Path())
 	if err != nil {
 		return nil, fmt.Errorf("vfs: %w", err)
 	}
@@ -128,149 +124,6 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 			fmt.Errorf("the %s filesystem of %s cannot clone files (FICLONE)", d.fsType, home))
 	}
 	return d, nil
-}
-
-// cleanTmp removes layers left half-built or half-removed by a killed
-// process: every entry of HOME/tmp whose lock nobody holds. Entries in use
-// by another driver instance are skipped, as are entries that vanish
-// while it looks (their owner finished).
-func (d *Driver) cleanTmp() error {
-	ents, err := os.ReadDir(d.tmp)
-	if err != nil {
-		return fmt.Errorf("vfs: %w", err)
-	}
-	seen := make(map[string]bool, len(ents))
-	for _, e := range ents {
-		name := strings.TrimSuffix(e.Name(), lockSuffix)
-		if seen[name] {
-			continue
-		}
-		seen[name] = true
-		if err := d.removeStale(name); err != nil {
-			return fmt.Errorf("vfs: remove leftover %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// lockSuffix names the lock file of a HOME/tmp entry. Entry names end in
-// random hex, so no entry is mistaken for a lock file.
-const lockSuffix = ".lock"
-
-// removeStale deletes HOME/tmp/name and its lock file if the lock can be
-// taken without waiting, and does nothing if another instance holds it.
-func (d *Driver) removeStale(name string) error {
-	path := filepath.Join(d.tmp, name)
-	// O_CREAT: an entry whose lock file is missing (left by a version
-	// without locks) is locked through a new one.
-	f, err := os.OpenFile(path+lockSuffix, os.O_RDONLY|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	defer f.Close()
-	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil // in use
-		}
-		return fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	if ok, err := lockIsCurrent(f); err != nil || !ok {
-		return err // its owner finished and unlinked it: nothing to do
-	}
-	t := &tmpEntry{path: path, lock: f}
-	return t.remove()
-}
-
-// tmpEntry is a name under HOME/tmp whose lock this driver holds.
-type tmpEntry struct {
-	path string   // HOME/tmp/<name>; the entry itself may not exist yet
-	lock *os.File // HOME/tmp/<name>.lock, flocked LOCK_EX
-}
-
-// newTmp reserves a fresh name under HOME/tmp, starting with prefix, and
-// locks it; the entry itself is not created. The caller must call remove
-// or release.
-func (d *Driver) newTmp(prefix string) (*tmpEntry, error) {
-	for {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, err
-		}
-		path := filepath.Join(d.tmp, prefix+"-"+hex.EncodeToString(b[:]))
-		f, err := os.OpenFile(path+lockSuffix, os.O_RDONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("make lock file: %w", err)
-		}
-		// A cleaner of another instance may have taken this new lock
-		// file before us and deleted it: then try another name.
-		if err := flock(f, unix.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-		}
-		ok, err := lockIsCurrent(f)
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		if ok {
-			return &tmpEntry{path: path, lock: f}, nil
-		}
-		f.Close()
-	}
-}
-
-// remove deletes the entry (if it exists) and then its lock file, and
-// drops the lock: the lock is held for the whole delete, so no other
-// instance sees the half-deleted entry as debris of its own to remove.
-func (t *tmpEntry) remove() error {
-	if err := os.RemoveAll(t.path); err != nil {
-		t.lock.Close()
-		return err
-	}
-	return t.release()
-}
-
-// release unlinks the lock file and drops the lock; the entry must be gone
-// (renamed away or deleted). The unlink happens while the lock is held.
-func (t *tmpEntry) release() error {
-	err := os.Remove(t.lock.Name())
-	if errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	if cerr := t.lock.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// flock is unix.Flock on f, retried on EINTR.
-func flock(f *os.File, how int) error {
-	for {
-		err := unix.Flock(int(f.Fd()), how)
-		if !errors.Is(err, unix.EINTR) {
-			return err
-		}
-	}
-}
-
-// lockIsCurrent reports whether the open lock file f is still the file at
-// its path; it is not when another instance unlinked it after removing the
-// entry (between our open and our flock).
-func lockIsCurrent(f *os.File) (bool, error) {
-	var fst, pst unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
-		return false, fmt.Errorf("fstat %s: %w", f.Name(), err)
-	}
-	if err := unix.Stat(f.Name(), &pst); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("stat %s: %w", f.Name(), err)
-	}
-	return fst.Dev == pst.Dev && fst.Ino == pst.Ino, nil
 }
 
 // String returns "vfs".
@@ -327,20 +180,12 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 		}
 		parentDir = d.path(parent)
 	}
-	te, err := d.newTmp("new-" + id)
+	te, err := d.tmp.New("new-" + id)
 	if err != nil {
 		return err
 	}
-	tmp := te.path
-	defer func() {
-		if err != nil {
-			_ = te.remove()
-		} else {
-			// The layer is published; a lock file that cannot be
-			// unlinked is left for the next New to remove.
-			_ = te.release()
-		}
-	}()
+	defer te.Remove() // a no-op once published
+	tmp := te.Path()
 	if parentDir == "" {
 		if err := os.Mkdir(tmp, 0o755); err != nil {
 			return err
@@ -360,11 +205,11 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 			return fmt.Errorf("copy parent %s: %w", parent, err)
 		}
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d.path(id), unix.RENAME_NOREPLACE); err != nil {
-		if errors.Is(err, unix.EEXIST) {
+	if err := te.Publish(d.path(id)); err != nil {
+		if errors.Is(err, staging.ErrExists) {
 			return graphdriver.ErrLayerExists
 		}
-		return fmt.Errorf("publish: %w", &os.LinkError{Op: "rename", Old: tmp, New: d.path(id), Err: err})
+		return err
 	}
 	return nil
 }
@@ -380,21 +225,9 @@ func (d *Driver) Remove(id string) error {
 	d.mu.Lock()
 	delete(d.refs, id)
 	d.mu.Unlock()
-	te, err := d.newTmp("rm-" + id)
-	if err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
-	// Rename out first: the layer stops existing at once, atomically, and
-	// a crash during the slow delete leaves only HOME/tmp debris. The lock
-	// is held across both, so a New elsewhere leaves the delete to us.
-	if err := os.Rename(d.path(id), te.path); err != nil {
-		_ = te.release()
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
-	if err := te.remove(); err != nil {
+	// Renamed out under HOME/tmp first, then deleted: the layer stops
+	// existing at once, and a crash leaves only HOME/tmp debris.
+	if err := d.tmp.RemoveTree("rm-"+id, d.path(id)); err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	return nil
