@@ -139,7 +139,7 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 	if err := unix.Statfs(home, &st); err != nil {
 		return nil, fmt.Errorf("overlay: statfs %s: %w", home, err)
 	}
-	d.fsType = fsTypeName(st.Type)
+	d.fsType = graphdriver.FilesystemName(st.Type)
 	if st.Type == unix.OVERLAYFS_SUPER_MAGIC {
 		return nil, fmt.Errorf("overlay: root %s is on overlayfs, which cannot be an upper dir; use --driver vfs: %w", home, graphdriver.ErrNotSupported)
 	}
@@ -238,8 +238,8 @@ var reserved = map[string]bool{"l": true, "tmp": true, "empty": true}
 // validID refuses IDs that are not one plain path element or that name
 // one of the driver's own entries of HOME.
 func validID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
-		return fmt.Errorf("invalid layer ID %q", id)
+	if err := graphdriver.ValidateID(id); err != nil {
+		return err
 	}
 	if reserved[id] {
 		return fmt.Errorf("invalid layer ID %q: reserved by the overlay driver", id)
@@ -737,23 +737,4 @@ func (l *idLocks) lock(id string) func() {
 		}
 		l.mu.Unlock()
 	}
-}
-
-// fsTypeName names a filesystem magic number, for Status.
-func fsTypeName(magic int64) string {
-	switch magic {
-	case unix.EXT4_SUPER_MAGIC:
-		return "extfs"
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	case unix.OVERLAYFS_SUPER_MAGIC:
-		return "overlayfs"
-	case unix.NFS_SUPER_MAGIC:
-		return "nfs"
-	}
-	return fmt.Sprintf("%#x", magic)
 }

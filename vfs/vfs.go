@@ -39,10 +39,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/internal/fscopy"
@@ -118,7 +115,7 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, fmt.Errorf("vfs: %w", err)
 	}
 	d.reflink = ok
-	d.fsType = fsTypeName(home)
+	d.fsType = graphdriver.BackingFilesystem(home)
 	if mode == fscopy.ReflinkRequire && !ok {
 		return nil, graphdriver.InvalidOption(Name, "vfs.copy", "reflink",
 			fmt.Errorf("the %s filesystem of %s cannot clone files (FICLONE)", d.fsType, home))
@@ -128,15 +125,6 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 
 // String returns "vfs".
 func (d *Driver) String() string { return Name }
-
-// validID refuses IDs that are not one plain path element, so that no ID
-// reaches outside HOME/dir.
-func validID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
-		return fmt.Errorf("invalid layer ID %q", id)
-	}
-	return nil
-}
 
 func (d *Driver) path(id string) string { return filepath.Join(d.dir, id) }
 
@@ -159,7 +147,7 @@ func (d *Driver) CreateReadWrite(id, parent string, opts *graphdriver.CreateOpts
 }
 
 func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err error) {
-	if err := validID(id); err != nil {
+	if err := graphdriver.ValidateID(id); err != nil {
 		return err
 	}
 	if opts != nil {
@@ -172,7 +160,7 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 	}
 	var parentDir string
 	if parent != "" {
-		if err := validID(parent); err != nil {
+		if err := graphdriver.ValidateID(parent); err != nil {
 			return fmt.Errorf("parent: %w", err)
 		}
 		if !d.Exists(parent) {
@@ -219,7 +207,7 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts) (err er
 // deletes it, and repeats the deletion after a crash. References from Get
 // are dropped (vfs mounts nothing, so paths handed out simply vanish).
 func (d *Driver) Remove(id string) error {
-	if err := validID(id); err != nil {
+	if err := graphdriver.ValidateID(id); err != nil {
 		return fmt.Errorf("remove layer: %w", err)
 	}
 	d.mu.Lock()
@@ -236,7 +224,7 @@ func (d *Driver) Remove(id string) error {
 // Get returns the path of layer id's root filesystem and counts a
 // reference. vfs mounts nothing, so mount options are refused.
 func (d *Driver) Get(id string, opts graphdriver.MountOpts) (string, error) {
-	if err := validID(id); err != nil {
+	if err := graphdriver.ValidateID(id); err != nil {
 		return "", fmt.Errorf("get layer: %w", err)
 	}
 	if len(opts.Options) > 0 {
@@ -275,7 +263,7 @@ func (d *Driver) Put(id string) error {
 
 // Exists reports whether layer id is present.
 func (d *Driver) Exists(id string) bool {
-	if validID(id) != nil {
+	if graphdriver.ValidateID(id) != nil {
 		return false
 	}
 	fi, err := os.Stat(d.path(id))
@@ -307,27 +295,4 @@ func (d *Driver) Cleanup() error {
 	defer d.mu.Unlock()
 	clear(d.refs)
 	return nil
-}
-
-// fsTypeName names the filesystem holding path, for Status.
-func fsTypeName(path string) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return "unknown"
-	}
-	switch st.Type {
-	case unix.EXT4_SUPER_MAGIC:
-		return "extfs"
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	case unix.OVERLAYFS_SUPER_MAGIC:
-		return "overlayfs"
-	case unix.NFS_SUPER_MAGIC:
-		return "nfs"
-	}
-	return fmt.Sprintf("%#x", st.Type)
 }
