@@ -102,8 +102,10 @@ func (r *RefCounter) Increment(id string) int {
 
 // Decrement removes a reference to id and returns the new count (0 means
 // the caller must unmount). Decrementing an id that has no reference
-// returns 0 too and records nothing: a Put without Get then still unmounts,
-// which is what cleans up a mount left by a crashed process.
+// returns 0 too and records nothing; drivers check Count first, since a Put
+// without a Get does nothing (drivertest's contract). Mounts left by a
+// crashed process are the store's to reconcile with mountinfo, not a
+// stray Put's to undo: another process may be using them.
 func (r *RefCounter) Decrement(id string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

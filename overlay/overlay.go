@@ -500,11 +500,10 @@ func (d *Driver) Remove(id string) error {
 	unlock := d.locks.lock(id)
 	defer unlock()
 	d.refs.Forget(id)
-	merged := filepath.Join(d.dir(id), "merged")
-	if err := graphdriver.Unmount(merged); err != nil {
-		if derr := graphdriver.UnmountDetach(merged); derr != nil {
-			return fmt.Errorf("remove layer %s: %w", id, errors.Join(err, derr))
-		}
+	if err := unmountAll(filepath.Join(d.dir(id), "merged")); err != nil {
+		// Never delete through a live mount: that would write whiteouts
+		// into the upper dir of whoever still uses it.
+		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	d.setMounted(id, false)
 	short, _ := d.readLink(id) // a layer without link still goes
@@ -524,6 +523,30 @@ func (d *Driver) Remove(id string) error {
 		}
 	}
 	return nil
+}
+
+// unmountAll unmounts merged until nothing is mounted there: a layer may
+// be mounted more than once (another driver instance on the same home, or
+// stacked mounts). A mount that stays busy is detached as a last resort.
+func unmountAll(merged string) error {
+	for range 16 {
+		mounted, err := graphdriver.IsMountpoint(merged)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !mounted {
+			return nil
+		}
+		if err := graphdriver.Unmount(merged); err != nil {
+			if derr := graphdriver.UnmountDetach(merged); derr != nil {
+				return errors.Join(err, derr)
+			}
+		}
+	}
+	return fmt.Errorf("%s is still mounted after 16 unmounts", merged)
 }
 
 // Get mounts layer id on HOME/<id>/merged, on its first reference, and

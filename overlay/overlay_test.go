@@ -515,3 +515,40 @@ func TestNewCleansTmp(t *testing.T) {
 		t.Errorf("mounts left: %v", ms)
 	}
 }
+
+// A layer mounted twice (another instance's mount, stacked) is unmounted
+// fully by Remove, which never deletes through a live mount.
+func TestRemoveStackedMounts(t *testing.T) {
+	home := t.TempDir()
+	d := newDriver(t, home)
+	layer(t, d, "p", "", fixtures.File("f", "lower", 0o644))
+	if err := d.CreateReadWrite("c", "p", nil); err != nil {
+		t.Fatal(err)
+	}
+	merged, err := d.Get("c", graphdriver.MountOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second instance on the same home mounting the same layer again.
+	if err := unix.Mount(merged, merged, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove("c"); err != nil {
+		t.Fatalf("Remove of a twice-mounted layer: %v", err)
+	}
+	if d.Exists("c") {
+		t.Fatal("c still exists")
+	}
+	if ms := mountsUnder(t, home); len(ms) > 0 {
+		t.Fatalf("mounts left under the home: %v", ms)
+	}
+	// The lower layer is untouched.
+	p, err := d.Get("p", graphdriver.MountOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("p")
+	if b, err := os.ReadFile(filepath.Join(p, "f")); err != nil || string(b) != "lower" {
+		t.Fatalf("p/f = %q, %v", b, err)
+	}
+}
