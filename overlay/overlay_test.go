@@ -29,35 +29,13 @@ func needRoot(t testing.TB) {
 	}
 }
 
-// factory returns a drivertest factory making each driver in a fresh
-// directory under base (a fresh temp dir when base is "").
-func factory(base string) drivertest.Factory {
-	return func(t testing.TB) graphdriver.Driver {
-		t.Helper()
-		var home string
-		if base == "" {
-			home = t.TempDir()
-		} else {
-			var err error
-			if home, err = os.MkdirTemp(base, "overlay-"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		d, err := New(home, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-}
-
 func TestSuite(t *testing.T) {
 	needRoot(t)
-	t.Run("tempdir", func(t *testing.T) { drivertest.Run(t, factory("")) })
+	t.Run("tempdir", func(t *testing.T) { drivertest.Run(t, drivertest.HomeFactory("", New, nil)) })
 	for _, typ := range []string{"ext4", "xfs", "btrfs", "tmpfs"} {
 		t.Run(typ, func(t *testing.T) {
 			mnt := loopfs.New(t, typ, 1<<30)
-			drivertest.Run(t, factory(mnt))
+			drivertest.Run(t, drivertest.HomeFactory(mnt, New, nil))
 		})
 	}
 }

@@ -17,37 +17,15 @@ import (
 	"github.com/layers-storage/layers/internal/loopfs"
 )
 
-// factory returns a drivertest factory making each driver in a fresh
-// directory under base (a fresh temp dir when base is "").
-func factory(base string, opts map[string]string) drivertest.Factory {
-	return func(t testing.TB) graphdriver.Driver {
-		t.Helper()
-		var home string
-		if base == "" {
-			home = t.TempDir()
-		} else {
-			var err error
-			if home, err = os.MkdirTemp(base, "vfs-"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		d, err := New(home, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-}
-
 func TestSuite(t *testing.T) {
-	t.Run("tempdir", func(t *testing.T) { drivertest.Run(t, factory("", nil)) })
+	t.Run("tempdir", func(t *testing.T) { drivertest.Run(t, drivertest.HomeFactory("", New, nil)) })
 	for _, typ := range []string{"xfs", "btrfs"} {
 		t.Run(typ, func(t *testing.T) {
 			if os.Geteuid() != 0 {
 				t.Skip("loop filesystems need root")
 			}
 			mnt := loopfs.New(t, typ, 1<<30)
-			drivertest.Run(t, factory(mnt, map[string]string{"vfs.copy": "reflink"}))
+			drivertest.Run(t, drivertest.HomeFactory(mnt, New, map[string]string{"vfs.copy": "reflink"}))
 		})
 	}
 }

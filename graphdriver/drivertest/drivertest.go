@@ -58,6 +58,27 @@ import (
 // driver's Cleanup when the case ends.
 type Factory func(t testing.TB) graphdriver.Driver
 
+// HomeFactory returns a Factory that makes each driver with newDriver in a
+// fresh home of its own: a new directory under base (a loop filesystem the
+// test made), or a test temp dir when base is "".
+func HomeFactory(base string, newDriver graphdriver.InitFunc, options map[string]string) Factory {
+	return func(t testing.TB) graphdriver.Driver {
+		t.Helper()
+		home := t.TempDir()
+		if base != "" {
+			var err error
+			if home, err = os.MkdirTemp(base, "home-"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := newDriver(home, options)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+}
+
 // Run runs every conformance case against drivers made by newDriver.
 func Run(t *testing.T, newDriver Factory) {
 	for _, c := range lifecycleCases {
