@@ -3,7 +3,6 @@ package graphdriver
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/moby/sys/mountinfo"
@@ -75,59 +74,4 @@ func IsMountpoint(path string) (bool, error) {
 		return false, fmt.Errorf("is %s a mount point: %w", path, err)
 	}
 	return ok, nil
-}
-
-// RefCounter counts references per layer ID for drivers that really mount
-// (overlay): the first Get mounts, the last Put unmounts. The zero value is
-// ready to use and safe for concurrent use.
-//
-// The counts live in memory only; the store reconciles them with the
-// kernel's mountinfo after a crash, so a count never outlives its process.
-type RefCounter struct {
-	mu     sync.Mutex
-	counts map[string]int
-}
-
-// Increment adds a reference to id and returns the new count (1 means the
-// caller must mount).
-func (r *RefCounter) Increment(id string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.counts == nil {
-		r.counts = make(map[string]int)
-	}
-	r.counts[id]++
-	return r.counts[id]
-}
-
-// Decrement removes a reference to id and returns the new count (0 means
-// the caller must unmount). Decrementing an id that has no reference
-// returns 0 too and records nothing; drivers check Count first, since a Put
-// without a Get does nothing (drivertest's contract). Mounts left by a
-// crashed process are the store's to reconcile with mountinfo, not a
-// stray Put's to undo: another process may be using them.
-func (r *RefCounter) Decrement(id string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := r.counts[id]
-	if n <= 1 {
-		delete(r.counts, id)
-		return 0
-	}
-	r.counts[id] = n - 1
-	return n - 1
-}
-
-// Count returns the references id has now.
-func (r *RefCounter) Count(id string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.counts[id]
-}
-
-// Forget drops every reference to id (after Remove).
-func (r *RefCounter) Forget(id string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.counts, id)
 }

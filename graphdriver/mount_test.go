@@ -110,67 +110,146 @@ func TestIsMountpointMissing(t *testing.T) {
 	}
 }
 
-func TestRefCounter(t *testing.T) {
-	var r RefCounter
-	if n := r.Decrement("a"); n != 0 {
-		t.Fatalf("Decrement of unknown id = %d, want 0", n)
+func TestMountCount(t *testing.T) {
+	mountNeedRoot(t)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "m")
+	if err := os.Mkdir(target, 0o700); err != nil {
+		t.Fatal(err)
 	}
-	if n := r.Increment("a"); n != 1 {
-		t.Fatalf("first Increment = %d", n)
-	}
-	if n := r.Increment("a"); n != 2 {
-		t.Fatalf("second Increment = %d", n)
-	}
-	if n := r.Increment("b"); n != 1 {
-		t.Fatalf("Increment of another id = %d", n)
-	}
-	if n := r.Decrement("a"); n != 1 {
-		t.Fatalf("Decrement = %d, want 1", n)
-	}
-	if n := r.Decrement("a"); n != 0 {
-		t.Fatalf("last Decrement = %d, want 0", n)
-	}
-	if n := r.Decrement("a"); n != 0 || r.Count("a") != 0 {
-		t.Fatalf("extra Decrement = %d, Count %d; want 0, 0", n, r.Count("a"))
-	}
-	r.Forget("b")
-	if r.Count("b") != 0 {
-		t.Fatal("Forget kept a count")
+	c := NewMountCount(filepath.Join(dir, "count"), target)
+	mounts, unmounts := 0, 0
+	mount := func() error { mounts++; return Mount("layers-test", target, "tmpfs", 0, "size=1m") }
+	unmount := func() error { unmounts++; return Unmount(target) }
+	t.Cleanup(func() { _ = UnmountDetach(target) })
+	count := func() int {
+		t.Helper()
+		n, err := c.Count()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
 
-	// Concurrent use: exactly one goroutine sees 1 on the way up and one
-	// sees 0 on the way down.
-	var wg sync.WaitGroup
+	if _, err := c.Release(unmount); err != nil || unmounts != 0 || count() != 0 {
+		t.Fatalf("Release at zero: err %v, %d unmounts, count %d; want a no-op", err, unmounts, count())
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := c.Acquire(mount); err != nil {
+			t.Fatal(err)
+		}
+		if count() != i {
+			t.Fatalf("count %d after %d Acquires", count(), i)
+		}
+	}
+	if mounts != 1 {
+		t.Fatalf("%d mounts for 3 Acquires, want 1", mounts)
+	}
+	// Another holder of the same file (another process) sees the count.
+	if n, err := NewMountCount(filepath.Join(dir, "count"), target).Count(); err != nil || n != 3 {
+		t.Fatalf("second handle: count %d, %v", n, err)
+	}
+	for i := 2; i >= 0; i-- {
+		if _, err := c.Release(unmount); err != nil {
+			t.Fatal(err)
+		}
+		if count() != i {
+			t.Fatalf("count %d, want %d", count(), i)
+		}
+	}
+	if unmounts != 1 {
+		t.Fatalf("%d unmounts, want 1", unmounts)
+	}
+	if ok, _ := IsMountpoint(target); ok {
+		t.Fatal("still mounted after the last Release")
+	}
+
+	// A failed mount leaves the count as it was.
+	if _, err := c.Acquire(func() error { return errors.New("no") }); err == nil || count() != 0 {
+		t.Fatalf("failed mount: err %v, count %d", err, count())
+	}
+
+	// A count whose mount vanished (unmounted behind its back, as after
+	// a reboot or a crash) reads as zero, and the next Acquire mounts.
+	if _, err := c.Acquire(mount); err != nil {
+		t.Fatal(err)
+	}
+	if err := Unmount(target); err != nil {
+		t.Fatal(err)
+	}
+	if count() != 0 {
+		t.Fatalf("count %d after the mount vanished, want 0", count())
+	}
+	if did, err := c.Acquire(mount); err != nil || !did {
+		t.Fatalf("Acquire after the mount vanished: mounted %v, %v", did, err)
+	}
+	// A failing unmount keeps the reference.
+	if _, err := c.Release(func() error { return errors.New("busy") }); err == nil || count() != 1 {
+		t.Fatalf("failed unmount: err %v, count %d; want an error and the count kept", err, count())
+	}
+	if err := c.Reset(); err != nil || count() != 0 {
+		t.Fatalf("Reset: %v, count %d", err, count())
+	}
+	// A damaged file counts one reference while mounted.
+	if err := os.WriteFile(filepath.Join(dir, "count"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if count() != 1 {
+		t.Fatalf("damaged count while mounted reads %d, want 1", count())
+	}
+}
+
+func TestMountCountConcurrent(t *testing.T) {
+	mountNeedRoot(t)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "m")
+	if err := os.Mkdir(target, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = UnmountDetach(target) })
 	var mu sync.Mutex
-	ups, downs := 0, 0
-	for range 100 {
-		wg.Add(1)
+	mounts, unmounts := 0, 0
+	done := make(chan error)
+	for range 16 {
 		go func() {
-			defer wg.Done()
-			if r.Increment("c") == 1 {
-				mu.Lock()
-				ups++
-				mu.Unlock()
+			// Each goroutine its own handle, as separate processes.
+			c := NewMountCount(filepath.Join(dir, "count"), target)
+			for range 10 {
+				if _, err := c.Acquire(func() error {
+					mu.Lock()
+					mounts++
+					mu.Unlock()
+					return Mount("layers-test", target, "tmpfs", 0, "size=1m")
+				}); err != nil {
+					done <- err
+					return
+				}
+				if ok, err := IsMountpoint(target); err != nil || !ok {
+					done <- errors.New("not mounted while a reference is held")
+					return
+				}
+				if _, err := c.Release(func() error {
+					mu.Lock()
+					unmounts++
+					mu.Unlock()
+					return Unmount(target)
+				}); err != nil {
+					done <- err
+					return
+				}
 			}
+			done <- nil
 		}()
 	}
-	wg.Wait()
-	if r.Count("c") != 100 || ups != 1 {
-		t.Fatalf("count %d, %d first increments", r.Count("c"), ups)
+	for range 16 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
 	}
-	for range 100 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if r.Decrement("c") == 0 {
-				mu.Lock()
-				downs++
-				mu.Unlock()
-			}
-		}()
+	if mounts != unmounts || mounts == 0 {
+		t.Fatalf("%d mounts, %d unmounts", mounts, unmounts)
 	}
-	wg.Wait()
-	if downs != 1 {
-		t.Fatalf("%d goroutines saw the last reference go", downs)
+	if ok, _ := IsMountpoint(target); ok {
+		t.Fatal("mounted after every reference went")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -27,8 +28,8 @@ const (
 	// short link.
 	methodFsconfigPath
 	// methodMount: classic mount(2) with one options string of at most a
-	// page, lowers by their absolute HOME/l short link (about 120 layers
-	// under a short home).
+	// page, lowers by their bare HOME/l short names relative to the
+	// mounting thread's working directory (500 fit).
 	methodMount
 )
 
@@ -44,60 +45,104 @@ func (m mountMethod) String() string {
 	return fmt.Sprintf("mountMethod(%d)", int(m))
 }
 
-// mountOptions returns the overlay options of a mount, in order.
+// mountOptions returns the overlay options of every mount, in order.
 //
-// index=on where the home's filesystem takes it (it needs file handles):
-// without the index, copying up one name of a file with several hard
-// links breaks the link, so a write through that name no longer shows
-// under the others, and a tar hardlink to a lower file links only the
-// copied-up name; the conformance suite checks both (FSBasic,
-// FSHardlink*). The kernel refuses index=on (EBUSY) when a lower dir is
-// the upper dir of a live mount, which happens while a parent layer is
-// mounted, since every layer has an upper dir for now: such a mount falls
-// back to index=off, and its hard links break on copy-up as in every
-// index=off overlay. With the index, a layer's upper dir records which
-// lower it was first mounted on: a copied home does not mount (ESTALE).
+// index=off: with the index, an upper dir records which lowers it was
+// first mounted on and refuses any other stack (ESTALE), and the kernel
+// refuses (EBUSY) a lower that is the upper dir of a live mount; the
+// driver rebuilds stacks (flattened bottoms) and must mount any of them.
+// Without it, copying up one name of a hard-linked lower file breaks the
+// link, as in every peer's overlay.
 //
-// redirect_dir=on, not nofollow: without redirects, renaming a directory
-// of a lower layer fails with EXDEV (tools like mv then copy), and the
-// conformance suite's Rename and FSBasic cases rename one with rename(2).
-// Redirects are written by the kernel only: the naive ApplyDiff writes
-// through the mount, and overlayfs refuses trusted.overlay.* xattrs set
-// through it, so no layer carries an untrusted redirect. With redirects
-// (and the index) an upper dir is not a self-contained diff; the driver
-// uses the naive differ, which compares mounted trees.
-func mountOptions(index bool) [][2]string {
-	idx := "off"
-	if index {
-		idx = "on"
+// redirect_dir=nofollow and metacopy=off unless asked for: with them an
+// upper dir is no longer a self-contained changeset, and nofollow also
+// stops the kernel from following redirect xattrs that nobody should have
+// written (a layer tar never carries them, diff.Apply drops them). Renaming
+// a lower directory then fails with EXDEV and tools (mv) copy instead.
+//
+// userxattr keeps overlay's own xattrs under user.overlay.* (user
+// namespaces), and xino=on is asked for where lowers and upper sit on
+// different filesystems, so that inode numbers stay unique and stable.
+func (c config) mountOptions(userXattr, xino bool) [][2]string {
+	redirect, metacopy := "nofollow", "off"
+	if c.redirectDir {
+		redirect = "on"
 	}
-	return [][2]string{{"index", idx}, {"metacopy", "off"}, {"redirect_dir", "on"}}
+	if c.metacopy {
+		metacopy = "on"
+	}
+	opts := [][2]string{{"index", "off"}, {"metacopy", metacopy}, {"redirect_dir", redirect}}
+	if userXattr {
+		opts = append(opts, [2]string{"userxattr", ""})
+	}
+	if xino {
+		opts = append(opts, [2]string{"xino", "on"})
+	}
+	for _, o := range c.mountOpts {
+		k, v, _ := strings.Cut(o, "=")
+		opts = append(opts, [2]string{k, v})
+	}
+	return opts
 }
 
-func mountOptionsString(index bool) string {
-	opts := mountOptions(index)
+func optionsString(opts [][2]string) string {
 	parts := make([]string, len(opts))
 	for i, o := range opts {
-		parts[i] = o[0] + "=" + o[1]
+		parts[i] = o[0]
+		if o[1] != "" {
+			parts[i] += "=" + o[1]
+		}
 	}
 	return strings.Join(parts, ",")
 }
 
-// overlayMount describes one overlay mount: lowers top-most first.
+// overlayMount describes one overlay mount: lowers top-most first. Without
+// upper it is a read-only mount of the lowers alone.
 type overlayMount struct {
 	lowers      []string // directories, for the fd method
 	lowerLinks  []string // the same as HOME/l short links, for the others
 	upper, work string
 	target      string
-	index       bool // index=on
+	options     [][2]string // from config.mountOptions
+	// linkDir is HOME/l: mount(2) runs with it as working directory and
+	// names lowers by their bare short names, so that 500 fit one page.
+	linkDir string
 }
 
 // mount mounts m with method.
 func mount(method mountMethod, m overlayMount) error {
+	spans, err := spansFilesystems(m)
+	if err != nil {
+		return err
+	}
+	if spans {
+		m.options = append(m.options[:len(m.options):len(m.options)], [2]string{"xino", "on"})
+	}
 	if method == methodMount {
 		return mountClassic(m)
 	}
 	return mountFsconfig(method, m)
+}
+
+// spansFilesystems reports whether the dirs of m are on more than one
+// filesystem (a lower bind-mounted in from elsewhere, btrfs subvolumes),
+// where overlay needs xino=on for unique, stable inode numbers.
+func spansFilesystems(m overlayMount) (bool, error) {
+	var dev uint64
+	for i, dir := range append([]string{m.upper}, m.lowers...) {
+		if dir == "" {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(dir, &st); err != nil {
+			return false, fmt.Errorf("overlay on %s: %w", m.target, &os.PathError{Op: "stat", Path: dir, Err: err})
+		}
+		if i > 0 && dev != 0 && st.Dev != dev {
+			return true, nil
+		}
+		dev = st.Dev
+	}
+	return false, nil
 }
 
 // errFsconfigUnsupported marks, in error messages, an fsconfig failure
@@ -123,9 +168,15 @@ func mountFsconfig(method mountMethod, m overlayMount) (err error) {
 	if err := unix.FsconfigSetString(fsfd, "source", "overlay"); err != nil {
 		return fail("fsconfig source", err)
 	}
-	for _, o := range mountOptions(m.index) {
-		if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
-			return fail(fmt.Sprintf("fsconfig %s=%s", o[0], o[1]), err)
+	for _, o := range m.options {
+		var err error
+		if o[1] == "" {
+			err = unix.FsconfigSetFlag(fsfd, o[0])
+		} else {
+			err = unix.FsconfigSetString(fsfd, o[0], o[1])
+		}
+		if err != nil {
+			return fail("fsconfig "+optionsString([][2]string{o}), err)
 		}
 	}
 	setDir := func(key, dir, link string) error {
@@ -177,7 +228,11 @@ func mountFsconfig(method mountMethod, m overlayMount) (err error) {
 	if err := unix.FsconfigCreate(fsfd); err != nil {
 		return fail("fsconfig create", err)
 	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	var attrs int
+	if m.upper == "" {
+		attrs = unix.MOUNT_ATTR_RDONLY
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
 	if err != nil {
 		return fail("fsmount", err)
 	}
@@ -206,85 +261,142 @@ func fsLog(fsfd int) string {
 	return strings.Join(msgs, "; ")
 }
 
+// mountClassic mounts m with mount(2), whose options must fit one page.
+// The lowers go by their bare short names, resolved against HOME/l as the
+// working directory of the mounting thread (the kernel resolves relative
+// lowerdir paths at mount time), so 500 lowers of 7 bytes each fit; upper
+// and work go relative to HOME/l too.
 func mountClassic(m overlayMount) error {
-	check := func(p string) error {
-		if strings.ContainsAny(p, ",:") {
-			return fmt.Errorf("overlay on %s: path %s holds ',' or ':', which mount(2) options cannot carry", m.target, p)
+	rel := func(p string) (string, error) {
+		r, err := filepath.Rel(m.linkDir, p)
+		if err != nil {
+			return "", err
 		}
-		return nil
+		if strings.ContainsAny(r, ",:") {
+			return "", fmt.Errorf("overlay on %s: path %s holds ',' or ':', which mount(2) options cannot carry", m.target, p)
+		}
+		return r, nil
 	}
-	for _, p := range append([]string{m.upper, m.work}, m.lowerLinks...) {
-		if err := check(p); err != nil {
+	lowers := make([]string, len(m.lowerLinks))
+	for i, l := range m.lowerLinks {
+		r, err := rel(l)
+		if err != nil {
 			return err
 		}
+		lowers[i] = r
 	}
-	data := "lowerdir=" + strings.Join(m.lowerLinks, ":")
+	data := "lowerdir=" + strings.Join(lowers, ":")
+	var flags uintptr = unix.MS_RDONLY
 	if m.upper != "" {
-		data += ",upperdir=" + m.upper + ",workdir=" + m.work
+		upper, err := rel(m.upper)
+		if err != nil {
+			return err
+		}
+		work, err := rel(m.work)
+		if err != nil {
+			return err
+		}
+		data += ",upperdir=" + upper + ",workdir=" + work
+		flags = 0
 	}
-	data += "," + mountOptionsString(m.index)
+	if len(m.options) > 0 {
+		data += "," + optionsString(m.options)
+	}
 	if len(data) >= unix.Getpagesize() {
 		return fmt.Errorf("overlay on %s: %d lower layers need %d bytes of mount(2) options, the kernel takes less than %d (kernels from 6.8 on have no such limit)",
 			m.target, len(m.lowers), len(data), unix.Getpagesize())
 	}
-	return graphdriver.Mount("overlay", m.target, "overlay", 0, data)
+	target, err := filepath.Abs(m.target)
+	if err != nil {
+		return err
+	}
+	return inDir(m.linkDir, func() error {
+		return graphdriver.Mount("overlay", target, "overlay", flags, data)
+	})
+}
+
+// inDir runs fn with dir as working directory of the thread that runs it,
+// leaving the process's working directory alone: fn runs on a fresh
+// locked OS thread that unshares its filesystem context (CLONE_FS) and is
+// never unlocked, so the Go runtime ends the thread with the goroutine.
+func inDir(dir string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("unshare working directory: %w", err)
+			return
+		}
+		if err := unix.Chdir(dir); err != nil {
+			errc <- fmt.Errorf("chdir %s: %w", dir, err)
+			return
+		}
+		err := fn()
+		// Let go of dir's filesystem now, not whenever the runtime ends
+		// the thread: an unmount of it must not find it busy.
+		_ = unix.Chdir("/")
+		errc <- err
+	}()
+	return <-errc
+}
+
+// bindReadOnly mounts dir read-only on target: a one-layer image, since a
+// read-only overlay needs two lowers.
+func bindReadOnly(dir, target string) error {
+	if err := graphdriver.Mount(dir, target, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	if err := graphdriver.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		_ = graphdriver.Unmount(target)
+		return err
+	}
+	return nil
 }
 
 // probe mounts a tiny overlay under HOME/tmp with each method, best first,
-// and returns the first that works, and whether index=on works too (it
-// needs file handles on the home's filesystem). It fails, wrapping
-// ErrNotSupported, when no method works: the home's filesystem cannot be
-// an upper dir, or the kernel refuses overlay.
-func (d *Driver) probe() (method mountMethod, index bool, err error) {
+// with the options every mount will have, and returns the first method
+// that works. It fails, wrapping ErrNotSupported, when none does: the
+// home's filesystem cannot be an upper dir, or the kernel refuses overlay
+// or one of the options.
+func (d *Driver) probe() (method mountMethod, err error) {
 	te, err := d.tmp.New("probe")
 	if err != nil {
-		return 0, false, err
+		return 0, err
 	}
 	defer te.Remove()
 	p := func(s string) string { return filepath.Join(te.Path(), s) }
-	for _, s := range []string{"", "l1", "l2", "upper", "work", "merged", "upper2", "work2"} {
+	for _, s := range []string{"", "l1", "l2", "upper", "work", "merged"} {
 		if err := os.Mkdir(p(s), 0o700); err != nil {
-			return 0, false, err
+			return 0, err
 		}
 	}
 	if err := os.WriteFile(p("l2/f"), []byte("probe"), 0o600); err != nil {
-		return 0, false, err
+		return 0, err
 	}
 	m := overlayMount{
 		lowers:     []string{p("l1"), p("l2")},
 		lowerLinks: []string{p("l1"), p("l2")},
 		upper:      p("upper"), work: p("work"), target: p("merged"),
-	}
-	// try mounts m, checks the lower shows and unmounts.
-	try := func(method mountMethod, m overlayMount) error {
-		if err := mount(method, m); err != nil {
-			return err
-		}
-		b, rerr := os.ReadFile(p("merged/f"))
-		if uerr := graphdriver.Unmount(p("merged")); uerr != nil {
-			return fmt.Errorf("overlay: probe: %w", uerr)
-		}
-		if rerr != nil || string(b) != "probe" {
-			return fmt.Errorf("overlay: probe mount on %s does not show its lower (%q, %v)", d.home, b, rerr)
-		}
-		return nil
+		options: d.mountOptions(), linkDir: d.links,
 	}
 	var errs []error
-	found := false
 	for _, method = range []mountMethod{methodFsconfigFd, methodFsconfigPath, methodMount} {
 		if method == methodFsconfigPath && len(p("upper")) > 255 {
 			continue
 		}
-		err := try(method, m)
+		err := mount(method, m)
 		if err == nil {
-			found = true
-			break
+			b, rerr := os.ReadFile(p("merged/f"))
+			if uerr := graphdriver.Unmount(p("merged")); uerr != nil {
+				return 0, fmt.Errorf("overlay: probe: %w", uerr)
+			}
+			if rerr == nil && string(b) == "probe" {
+				return method, nil
+			}
+			err = fmt.Errorf("the probe mount on %s does not show its lower (%q, %v)", d.home, b, rerr)
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", method, err))
 	}
-	if !found {
-		return 0, false, fmt.Errorf("overlay: cannot mount overlay with upper dir on %s: %w: %w", d.home, graphdriver.ErrNotSupported, errors.Join(errs...))
-	}
-	m.upper, m.work, m.index = p("upper2"), p("work2"), true
-	return method, try(method, m) == nil, nil
+	return 0, fmt.Errorf("overlay: cannot mount overlay with upper dir on %s (options %s): %w: %w",
+		d.home, optionsString(d.mountOptions()), graphdriver.ErrNotSupported, errors.Join(errs...))
 }

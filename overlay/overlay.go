@@ -6,27 +6,32 @@
 //
 // Layout under the driver's home (HOME, e.g. ROOT/overlay):
 //
-//	HOME/<id>/diff        the layer's own content: its overlay upper dir
-//	HOME/<id>/work        overlay's work dir for that upper dir
+//	HOME/<id>/diff        the layer's own content: a lower dir of every
+//	                      layer above it, and the upper dir of a
+//	                      read-write layer
+//	HOME/<id>/work        overlay's work dir (read-write layers only)
 //	HOME/<id>/merged      the mount point Get returns
 //	HOME/<id>/lower       the parent chain: one layer ID a line, the
 //	                      parent first and the bottom-most layer last
 //	                      (overlay's lowerdir order); absent without parent
 //	HOME/<id>/kind        "image" (Create) or "read-write" (CreateReadWrite)
 //	HOME/<id>/link        the layer's short name (6 base-36 characters)
+//	HOME/<id>/mounts      the mount count of merged (graphdriver.MountCount)
 //	HOME/l/<short>        symlink to ../<id>/diff, so that mount options
 //	                      naming many lowers stay short (see below)
-//	HOME/empty            an empty directory: the lower of layers without
-//	                      parent, since overlay needs at least one lower
+//	HOME/empty            an empty directory: the lower of read-write
+//	                      layers without parent, since overlay needs one
 //	HOME/tmp/<name>       a layer being built or removed, New's probe
 //	HOME/tmp/<name>.lock  its lock file (flock)
 //
-// Every layer, read-only (Create) or read-write (CreateReadWrite), has an
-// upper and a work dir for now, because the naive ApplyDiff of package
-// graphdriver fills an image layer by writing through its mount; the
-// kernel then stores deletions natively, as 0/0 character devices and the
-// trusted.overlay.opaque xattr in the upper dir. Read-only mounts of image
-// layers come with the native ApplyDiff.
+// Image layers (Create) are filled by ApplyDiff straight into their diff
+// dir, without mounting anything, and are mounted read-only: their own
+// diff dir over their parents' as lowers only, or, for a layer without
+// parent, as a read-only bind mount of its diff dir (a read-only overlay
+// needs two lowers). Read-write layers (CreateReadWrite) mount with their
+// diff dir as upper dir. Deletions are stored the way overlayfs stores
+// them, as 0/0 character devices and the opaque xattr, through the overlay
+// whiteout format of package diff.
 //
 // A new layer's diff dir takes its parent's root mode, owner and xattrs,
 // since overlay shows the root attributes of the upper dir only.
@@ -44,18 +49,17 @@
 // directory fd (path strings of the short links on kernels from 6.8 that
 // take no fds), fsmount and move_mount, so chains up to the kernel's 500
 // lowers mount whatever the length of HOME. Older kernels get classic
-// mount(2) with absolute short-link paths, whose one-page options string
-// holds about 120 lowers. New picks the method with a probe mount, which
-// also refuses homes that cannot be an upper dir (overlay on overlay).
-// Options of every mount: index=on (off where the filesystem cannot have
-// it, and while a parent is mounted), metacopy=off, redirect_dir=on; see
-// mountOptions for why these and not index=off,redirect_dir=nofollow yet.
+// mount(2) with the bare short names, resolved against HOME/l as working
+// directory of the mounting thread, so 500 lowers fit its one page of
+// options too. New picks the method with a probe mount, which also refuses
+// homes that cannot be an upper dir (overlay on overlay). Mount options
+// are index=off,metacopy=off,redirect_dir=nofollow unless storage options
+// say otherwise; see config.mountOptions.
 //
-// Get counts references per layer: the first mounts, the last Put
-// unmounts. Counts are per driver instance and in memory; the store
-// reconciles them with mountinfo after a crash. The home is not made a
-// private bind mount of its own yet; on hosts where / is shared, mounts
-// propagate to peer namespaces.
+// Mount counts are kept per layer in a file and reconciled with the
+// kernel's mountinfo (graphdriver.MountCount), so every process using the
+// home shares them: two Gets mount once, the last Put unmounts, whichever
+// process makes them, and a count whose mount vanished reads zero.
 package overlay
 
 import (
@@ -66,6 +70,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -87,7 +92,9 @@ func init() {
 	graphdriver.Register(graphdriver.Registration{Name: Name, Priority: Priority, New: New})
 }
 
-// Driver is the overlay driver. It is safe for concurrent use.
+// Driver is the overlay driver. It is safe for concurrent use, and by
+// several processes on one home as far as mounting goes; creating and
+// removing layers from several processes is serialised by the store.
 type Driver struct {
 	home   string
 	tmp    *staging.Dir // HOME/tmp
@@ -95,32 +102,35 @@ type Driver struct {
 	empty  string       // HOME/empty
 	fsType string       // backing filesystem, for Status
 	method mountMethod
-	// index: layers mount with index=on (the probe found that the
-	// home's filesystem takes it); see mountOptions.
-	index bool
+	config config
+	// userXattr: overlay's xattrs are user.overlay.* (option or probe).
+	userXattr bool
 
-	refs  graphdriver.RefCounter
 	locks idLocks
 
-	mu      sync.Mutex
-	mounted map[string]bool // layers this instance has mounted
+	mu   sync.Mutex
+	held map[string]int // references this instance took with Get, for Cleanup
 }
 
-var _ graphdriver.Driver = (*Driver)(nil)
+var (
+	_ graphdriver.Driver  = (*Driver)(nil)
+	_ graphdriver.Applier = (*Driver)(nil)
+)
 
 // New creates the overlay driver rooted at home, making home if needed,
 // and removes whatever a killed process left under HOME/tmp. It fails
 // with an error wrapping graphdriver.ErrNotSupported when the kernel has
-// no overlayfs or home's filesystem cannot carry it, and with
-// graphdriver.ErrUnknownOption for any option (overlay takes none yet).
+// no overlayfs or home's filesystem cannot carry it.
+//
+// Storage options, each with or without the "overlay." prefix:
+// userxattr=true|false (default: detected; true in a user namespace or
+// where trusted.* xattrs are refused), metacopy=true|false and
+// redirect_dir=true|false (default false; metacopy needs redirect_dir),
+// and mountopt=OPT[,OPT...] for extra mount options such as volatile.
 func New(home string, options map[string]string) (graphdriver.Driver, error) {
-	keys := make([]string, 0, len(options))
-	for key := range options {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
-	if len(keys) > 0 {
-		return nil, graphdriver.UnknownOption(Name, keys[0])
+	cfg, err := parseOptions(options)
+	if err != nil {
+		return nil, err
 	}
 	if !kernelHasOverlay() {
 		return nil, fmt.Errorf("overlay: the kernel has no overlay filesystem (not in /proc/filesystems): %w", graphdriver.ErrNotSupported)
@@ -130,10 +140,11 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
 	d := &Driver{
-		home:    home,
-		links:   filepath.Join(home, "l"),
-		empty:   filepath.Join(home, "empty"),
-		mounted: make(map[string]bool),
+		home:   home,
+		links:  filepath.Join(home, "l"),
+		empty:  filepath.Join(home, "empty"),
+		config: cfg,
+		held:   make(map[string]int),
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(home, &st); err != nil {
@@ -161,10 +172,22 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, fmt.Errorf("overlay: the %s filesystem of %s does not report file types in directory entries (d_type), which overlay needs; use --driver vfs: %w",
 			d.fsType, home, graphdriver.ErrNotSupported)
 	}
-	if d.method, d.index, err = d.probe(); err != nil {
+	if cfg.userXattr != nil {
+		d.userXattr = *cfg.userXattr
+	} else if d.userXattr, err = needUserXattr(tmp.Path()); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	if d.method, err = d.probe(); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// mountOptions are the options of every mount of this driver.
+func (d *Driver) mountOptions() [][2]string {
+	// Every layer lives under HOME, one filesystem, so xino is never
+	// needed for the layers themselves.
+	return d.config.mountOptions(d.userXattr, false)
 }
 
 // unmountProbe is the cleaner of stale HOME/tmp entries: a probe killed
@@ -249,9 +272,8 @@ func validID(id string) error {
 
 func (d *Driver) dir(id string) string { return filepath.Join(d.home, id) }
 
-// Create makes an image layer id on parent. It has an upper dir like a
-// read-write layer, since ApplyDiff fills it through a mount. Overlay
-// takes no per-layer options.
+// Create makes an image layer id on parent, to be filled by ApplyDiff and
+// mounted read-only. Overlay takes no per-layer options.
 func (d *Driver) Create(id, parent string, opts *graphdriver.CreateOpts) error {
 	if err := d.create(id, parent, opts, false); err != nil {
 		return fmt.Errorf("create layer %s: %w", id, err)
@@ -318,7 +340,11 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return err
 	}
-	for _, sub := range []string{"work", "merged"} {
+	subs := []string{"merged"}
+	if rw {
+		subs = append(subs, "work")
+	}
+	for _, sub := range subs {
 		if err := os.Mkdir(filepath.Join(tmp, sub), 0o700); err != nil {
 			return err
 		}
@@ -489,23 +515,22 @@ func (d *Driver) readLink(id string) (string, error) {
 }
 
 // Remove deletes layer id, unmounting it first. Removing a layer that does
-// not exist succeeds, so that removal is idempotent. References from Get
-// are dropped. A mount that stays busy is detached (MNT_DETACH), so that
-// Remove does not fail on a reader; the error of a failed detach is
-// returned and nothing is deleted.
+// not exist succeeds, so that removal is idempotent. Every reference to its
+// mount goes, whoever took it. A mount that stays busy is detached
+// (MNT_DETACH), so that Remove does not fail on a reader; the error of a
+// failed detach is returned and nothing is deleted.
 func (d *Driver) Remove(id string) error {
 	if err := validID(id); err != nil {
 		return fmt.Errorf("remove layer: %w", err)
 	}
 	unlock := d.locks.lock(id)
 	defer unlock()
-	d.refs.Forget(id)
-	if err := unmountAll(filepath.Join(d.dir(id), "merged")); err != nil {
+	if err := unmountAll(d.merged(id)); err != nil {
 		// Never delete through a live mount: that would write whiteouts
 		// into the upper dir of whoever still uses it.
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
-	d.setMounted(id, false)
+	d.setHeld(id, 0)
 	short, _ := d.readLink(id) // a layer without link still goes
 	// Renamed out under HOME/tmp first, then deleted: the layer stops
 	// existing at once, and a crash leaves only HOME/tmp debris.
@@ -526,8 +551,8 @@ func (d *Driver) Remove(id string) error {
 }
 
 // unmountAll unmounts merged until nothing is mounted there: a layer may
-// be mounted more than once (another driver instance on the same home, or
-// stacked mounts). A mount that stays busy is detached as a last resort.
+// be mounted more than once (stacked mounts). A mount that stays busy is
+// detached as a last resort.
 func unmountAll(merged string) error {
 	for range 16 {
 		mounted, err := graphdriver.IsMountpoint(merged)
@@ -549,79 +574,81 @@ func unmountAll(merged string) error {
 	return fmt.Errorf("%s is still mounted after 16 unmounts", merged)
 }
 
+func (d *Driver) merged(id string) string { return filepath.Join(d.dir(id), "merged") }
+
+// mountCount is layer id's mount count, shared by every process.
+func (d *Driver) mountCount(id string) graphdriver.MountCount {
+	return graphdriver.NewMountCount(filepath.Join(d.dir(id), "mounts"), d.merged(id))
+}
+
 // Get mounts layer id on HOME/<id>/merged, on its first reference, and
-// returns that path. Overlay takes no mount options yet. A layer found
-// already mounted there (by another instance on the same home, or left by
-// a killed process) is used as it is.
+// returns that path: read-write for a read-write layer, read-only for an
+// image layer. Overlay takes no mount options per Get.
 func (d *Driver) Get(id string, opts graphdriver.MountOpts) (string, error) {
 	if err := validID(id); err != nil {
 		return "", fmt.Errorf("get layer: %w", err)
 	}
 	if len(opts.Options) > 0 {
-		return "", fmt.Errorf("get layer %s: overlay takes no mount options yet (got %q)", id, opts.Options)
+		return "", fmt.Errorf("get layer %s: overlay takes no mount options per Get (got %q; use --storage-opt overlay.mountopt)", id, opts.Options)
 	}
 	unlock := d.locks.lock(id)
 	defer unlock()
 	if !d.Exists(id) {
 		return "", fmt.Errorf("get layer %s: %w", id, graphdriver.ErrLayerNotExist)
 	}
-	merged := filepath.Join(d.dir(id), "merged")
-	if d.refs.Increment(id) > 1 {
-		return merged, nil
-	}
-	if err := d.mount(id, merged); err != nil {
-		d.refs.Decrement(id)
+	if _, err := d.mountCount(id).Acquire(func() error { return d.mount(id) }); err != nil {
 		return "", fmt.Errorf("get layer %s: %w", id, err)
 	}
-	d.setMounted(id, true)
-	return merged, nil
+	d.mu.Lock()
+	d.held[id]++
+	d.mu.Unlock()
+	return d.merged(id), nil
 }
 
-// mount mounts layer id on merged, unless something is mounted there.
-func (d *Driver) mount(id, merged string) error {
-	if ok, err := graphdriver.IsMountpoint(merged); err != nil {
-		return err
-	} else if ok {
-		return nil
+// kind returns layer id's kind, kindImage or kindReadWrite.
+func (d *Driver) kind(id string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.dir(id), "kind"))
+	if err != nil {
+		return "", err
 	}
+	switch k := strings.TrimSpace(string(b)); k {
+	case kindImage, kindReadWrite:
+		return k, nil
+	default:
+		return "", fmt.Errorf("%s: unknown layer kind %q", filepath.Join(d.dir(id), "kind"), k)
+	}
+}
+
+// mount mounts layer id on its merged dir.
+func (d *Driver) mount(id string) error {
 	lowers, err := d.readLowers(id)
 	if err != nil {
 		return err
 	}
-	m := overlayMount{
-		upper:  filepath.Join(d.dir(id), "diff"),
-		work:   filepath.Join(d.dir(id), "work"),
-		target: merged,
-	}
-	if len(lowers) == 0 {
-		m.lowers, m.lowerLinks = []string{d.empty}, []string{d.empty}
-	}
-	for _, l := range lowers {
-		m.lowers = append(m.lowers, filepath.Join(d.dir(l), "diff"))
-		if d.method == methodFsconfigFd {
-			m.lowerLinks = append(m.lowerLinks, "")
-			continue
-		}
-		short, err := d.readLink(l)
-		if err != nil {
-			return fmt.Errorf("lower layer %s: %w", l, err)
-		}
-		m.lowerLinks = append(m.lowerLinks, filepath.Join(d.links, short))
-	}
-	m.index = d.index
-	err = mount(d.method, m)
-	if err != nil && m.index && errors.Is(err, unix.EBUSY) {
-		// Our own upper dir is only ever mounted on merged: if that is
-		// not mounted now, the busy dir is a lower one, the upper dir of
-		// a parent's live mount, which index=on refuses. This mount goes
-		// without the index (see mountOptions).
-		if ok, merr := graphdriver.IsMountpoint(merged); merr == nil && ok {
-			return nil // another instance mounted it meanwhile
-		}
-		m.index = false
-		err = mount(d.method, m)
-	}
+	kind, err := d.kind(id)
 	if err != nil {
+		return err
+	}
+	diffDir := filepath.Join(d.dir(id), "diff")
+	m := overlayMount{target: d.merged(id), options: d.mountOptions(), linkDir: d.links}
+	chain := lowers
+	if kind == kindReadWrite {
+		m.upper, m.work = diffDir, filepath.Join(d.dir(id), "work")
+		if len(lowers) == 0 {
+			m.lowers, m.lowerLinks = []string{d.empty}, []string{d.empty}
+		}
+	} else {
+		if len(lowers) == 0 {
+			return bindReadOnly(diffDir, m.target)
+		}
+		chain = append([]string{id}, lowers...)
+	}
+	if len(chain) > 0 {
+		if m.lowers, m.lowerLinks, err = d.lowerStack(chain); err != nil {
+			return err
+		}
+	}
+	if err := mount(d.method, m); err != nil {
 		for _, l := range lowers {
 			if !d.Exists(l) {
 				return fmt.Errorf("lower layer %s: %w (%w)", l, graphdriver.ErrLayerNotExist, err)
@@ -632,38 +659,43 @@ func (d *Driver) mount(id, merged string) error {
 	return nil
 }
 
-func (d *Driver) setMounted(id string, on bool) {
+// setHeld records how many references this instance holds on id.
+func (d *Driver) setHeld(id string, n int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if on {
-		d.mounted[id] = true
+	if n <= 0 {
+		delete(d.held, id)
 	} else {
-		delete(d.mounted, id)
+		d.held[id] = n
 	}
 }
 
-// Put releases a reference taken by Get and unmounts the layer when it
-// was the last. A Put without a matching Get (of a layer never mounted,
-// already removed or unknown) is a no-op returning nil, as the
-// conformance suite requires. When the unmount fails, the reference is
-// kept, so that the count still says the layer is mounted.
+// Put releases a reference taken by Get, by this process or another, and
+// unmounts the layer when it was the last. A Put when nothing holds a
+// reference (a layer never mounted, already removed or unknown) is a no-op
+// returning nil, as the conformance suite requires. When the unmount
+// fails, the reference is kept, so that the count still says the layer is
+// mounted.
 func (d *Driver) Put(id string) error {
 	if validID(id) != nil {
 		return nil
 	}
 	unlock := d.locks.lock(id)
 	defer unlock()
-	if d.refs.Count(id) == 0 {
+	if !d.Exists(id) {
 		return nil
 	}
-	if d.refs.Decrement(id) > 0 {
-		return nil
-	}
-	if err := graphdriver.Unmount(filepath.Join(d.dir(id), "merged")); err != nil {
-		d.refs.Increment(id)
+	if _, err := d.mountCount(id).Release(func() error { return graphdriver.Unmount(d.merged(id)) }); err != nil {
 		return fmt.Errorf("put layer %s: %w", id, err)
 	}
-	d.setMounted(id, false)
+	d.mu.Lock()
+	if d.held[id] > 0 {
+		d.held[id]--
+		if d.held[id] == 0 {
+			delete(d.held, id)
+		}
+	}
+	d.mu.Unlock()
 	return nil
 }
 
@@ -683,26 +715,23 @@ func (d *Driver) Status() []graphdriver.Status {
 		{Key: "Backing Filesystem", Value: d.fsType},
 		{Key: "Supports d_type", Value: "true"},
 		{Key: "Mount API", Value: d.method.String()},
-		{Key: "Mount Options", Value: d.mountOptionsStatus()},
+		{Key: "Mount Options", Value: optionsString(d.mountOptions())},
+		{Key: "Using userxattr", Value: strconv.FormatBool(d.userXattr)},
 		{Key: "Native Overlay Diff", Value: "false"},
+		{Key: "Deep Chains", Value: fmt.Sprintf("lowers past the kernel's %d are flattened into cached trees (%d cached)", maxLowers, d.flattenedCount())},
 	}
 }
 
-// mountOptionsStatus describes the options mounts use.
-func (d *Driver) mountOptionsStatus() string {
-	if !d.index {
-		return mountOptionsString(false)
-	}
-	return mountOptionsString(true) + " (index=off while a parent is mounted)"
-}
-
-// Cleanup unmounts every layer this instance still has mounted, whatever
-// its count, detaching those that stay busy. The driver is not used
-// afterwards.
+// Cleanup releases the references this instance took with Get and still
+// holds, unmounting layers whose count drops to zero and detaching those
+// that stay busy. References of other processes stay, and so do their
+// mounts. The driver is not used afterwards.
 func (d *Driver) Cleanup() error {
 	d.mu.Lock()
-	ids := make([]string, 0, len(d.mounted))
-	for id := range d.mounted {
+	held := make(map[string]int, len(d.held))
+	ids := make([]string, 0, len(d.held))
+	for id, n := range d.held {
+		held[id] = n
 		ids = append(ids, id)
 	}
 	d.mu.Unlock()
@@ -710,16 +739,22 @@ func (d *Driver) Cleanup() error {
 	var errs []error
 	for _, id := range ids {
 		unlock := d.locks.lock(id)
-		merged := filepath.Join(d.dir(id), "merged")
-		if err := graphdriver.Unmount(merged); err != nil {
-			if derr := graphdriver.UnmountDetach(merged); derr != nil {
-				errs = append(errs, fmt.Errorf("overlay cleanup: layer %s: %w", id, errors.Join(err, derr)))
-				unlock()
-				continue
+		count := d.mountCount(id)
+		for range held[id] {
+			_, err := count.Release(func() error {
+				merged := d.merged(id)
+				if graphdriver.Unmount(merged) != nil {
+					// Busy: Cleanup cannot wait for its users.
+					return graphdriver.UnmountDetach(merged)
+				}
+				return nil
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("overlay cleanup: layer %s: %w", id, err))
+				break
 			}
 		}
-		d.refs.Forget(id)
-		d.setMounted(id, false)
+		d.setHeld(id, 0)
 		unlock()
 	}
 	return errors.Join(errs...)

@@ -177,7 +177,14 @@ func TestLayout(t *testing.T) {
 			t.Errorf("l/%s resolves to %q (%v)", short, target, err)
 		}
 		for _, sub := range []string{"diff", "work", "merged"} {
-			if fi, err := os.Stat(filepath.Join(d.home, id, sub)); err != nil || !fi.IsDir() {
+			fi, err := os.Stat(filepath.Join(d.home, id, sub))
+			if sub == "work" && id == "base" {
+				if !os.IsNotExist(err) {
+					t.Errorf("image layer %s has a work dir: %v", id, err)
+				}
+				continue
+			}
+			if err != nil || !fi.IsDir() {
 				t.Errorf("%s/%s: %v", id, sub, err)
 			}
 		}
@@ -201,27 +208,64 @@ func TestLayout(t *testing.T) {
 	t.Logf("status: %v", st)
 }
 
-// Writing one name of a hard-linked lower file shows under every name
-// (index=on), in a read-write layer.
-func TestHardlinkCopyUp(t *testing.T) {
+// Image layers mount read-only: as a read-only bind mount of their diff
+// dir without parent, as a lowers-only overlay with one; read-write
+// layers mount writable, with their diff dir as upper dir.
+func TestMountKinds(t *testing.T) {
 	d := newDriver(t, "")
-	if !d.index {
-		t.Skip("the filesystem cannot have overlay's index")
-	}
-	layer(t, d, "base", "", fixtures.File("a", "old", 0o644), fixtures.Hardlink("b", "a"))
-	if err := d.CreateReadWrite("c", "base", nil); err != nil {
+	layer(t, d, "base", "", fixtures.File("a", "a", 0o644))
+	layer(t, d, "top", "base", fixtures.File("b", "b", 0o644))
+	if err := d.CreateReadWrite("rw", "top", nil); err != nil {
 		t.Fatal(err)
 	}
-	root, err := d.Get("c", graphdriver.MountOpts{})
-	if err != nil {
+	for _, c := range []struct {
+		id, fsType string
+		writable   bool
+	}{{"base", "", false}, {"top", "overlay", false}, {"rw", "overlay", true}} {
+		root, err := d.Get(c.id, graphdriver.MountOpts{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(root, "a")); err != nil || string(b) != "a" {
+			t.Errorf("%s: a = %q, %v", c.id, b, err)
+		}
+		werr := os.WriteFile(filepath.Join(root, "new"), []byte("x"), 0o644)
+		if c.writable && werr != nil {
+			t.Errorf("%s: write: %v", c.id, werr)
+		}
+		if !c.writable && !errors.Is(werr, unix.EROFS) {
+			t.Errorf("%s: write into an image layer's mount: %v, want EROFS", c.id, werr)
+		}
+		ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(root))
+		if err != nil || len(ms) != 1 {
+			t.Fatalf("%s: mountinfo: %v %v", c.id, ms, err)
+		}
+		if c.fsType != "" && ms[0].FSType != c.fsType {
+			t.Errorf("%s mounted as %s, want %s", c.id, ms[0].FSType, c.fsType)
+		}
+		if c.fsType == "" && ms[0].FSType == "overlay" {
+			t.Errorf("%s (one layer) mounted as overlay, want a bind mount", c.id)
+		}
+		if err := d.Put(c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ms := mountsUnder(t, d.home); len(ms) > 0 {
+		t.Errorf("mounted after Put: %v", ms)
+	}
+	// A mounted image layer takes no ApplyDiff; unmounted it does.
+	if _, err := d.Get("top", graphdriver.MountOpts{}); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Put("c")
-	if err := os.WriteFile(filepath.Join(root, "a"), []byte("new"), 0o644); err != nil {
+	tar := fixtures.Tar(fixtures.File("c", "c", 0o644))
+	if _, err := d.ApplyDiff(context.Background(), "top", "base", bytes.NewReader(tar), diff.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "mounted") {
+		t.Errorf("ApplyDiff into a mounted image layer: %v", err)
+	}
+	if err := d.Put("top"); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(filepath.Join(root, "b")); err != nil || string(b) != "new" {
-		t.Errorf("b after writing a: %q %v, want \"new\"", b, err)
+	if _, err := d.ApplyDiff(context.Background(), "top", "", bytes.NewReader(tar), diff.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "parent") {
+		t.Errorf("ApplyDiff against the wrong parent: %v", err)
 	}
 }
 
@@ -315,16 +359,45 @@ func TestNoMountsLeft(t *testing.T) {
 
 func TestOptions(t *testing.T) {
 	needRoot(t)
-	_, err := New(t.TempDir(), map[string]string{"overlay.mountopt": "volatile"})
-	if !errors.Is(err, graphdriver.ErrUnknownOption) || err.Error() != `unknown storage option "overlay.mountopt" for driver overlay` {
-		t.Fatalf("unknown option: %v", err)
+	for _, c := range []struct {
+		opts map[string]string
+		err  string
+	}{
+		{map[string]string{"x": ""}, `driver overlay: unknown storage option "x" for driver overlay`},
+		{map[string]string{"overlay.metacopy": "maybe"}, `driver overlay: invalid storage option overlay.metacopy="maybe" for driver overlay: want true or false`},
+		{map[string]string{"overlay.userxattr": ""}, `driver overlay: invalid storage option overlay.userxattr="" for driver overlay: want true or false`},
+		{map[string]string{"overlay.mountopt": "volatile,index=on"}, `driver overlay: invalid storage option overlay.mountopt="volatile,index=on" for driver overlay: index is set by the driver (use its own storage option where there is one)`},
+		{map[string]string{"metacopy": "true", "redirect_dir": "false"}, `driver overlay: invalid storage option overlay.redirect_dir="false" for driver overlay: metacopy=true needs redirect_dir=true (the kernel follows metacopy files through redirects)`},
+		{map[string]string{"overlay.mountopt": "nosuchoption"}, "cannot mount overlay"},
+	} {
+		_, err := graphdriver.New("overlay", t.TempDir(), c.opts)
+		if err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("New(%v): %v, want %q", c.opts, err, c.err)
+		}
 	}
-	if _, err := graphdriver.New("overlay", t.TempDir(), map[string]string{"x": ""}); err == nil ||
-		err.Error() != `driver overlay: unknown storage option "x" for driver overlay` {
-		t.Fatalf("New with unknown option: %v", err)
+	for _, c := range []struct {
+		opts map[string]string
+		want string
+	}{
+		{nil, "index=off,metacopy=off,redirect_dir=nofollow"},
+		{map[string]string{"overlay.redirect_dir": "true"}, "index=off,metacopy=off,redirect_dir=on"},
+		{map[string]string{"overlay.metacopy": "true"}, "index=off,metacopy=on,redirect_dir=on"},
+		{map[string]string{"overlay.userxattr": "true", "mountopt": "volatile"}, "index=off,metacopy=off,redirect_dir=nofollow,userxattr,volatile"},
+	} {
+		drv, err := graphdriver.New("overlay", t.TempDir(), c.opts)
+		if err != nil {
+			t.Errorf("New(%v): %v", c.opts, err)
+			continue
+		}
+		for _, s := range drv.Status() {
+			if s.Key == "Mount Options" && s.Value != c.want {
+				t.Errorf("New(%v): mount options %q, want %q", c.opts, s.Value, c.want)
+			}
+		}
+		_ = drv.Cleanup()
 	}
 	d := newDriver(t, "")
-	err = d.Create("a", "", &graphdriver.CreateOpts{StorageOpt: map[string]string{"size": "1G"}})
+	err := d.Create("a", "", &graphdriver.CreateOpts{StorageOpt: map[string]string{"size": "1G"}})
 	if !errors.Is(err, graphdriver.ErrUnknownOption) || !strings.Contains(err.Error(), `unknown storage option "size" for driver overlay`) {
 		t.Fatalf("per-layer option: %v", err)
 	}
@@ -529,4 +602,12 @@ func TestRemoveStackedMounts(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(p, "f")); err != nil || string(b) != "lower" {
 		t.Fatalf("p/f = %q, %v", b, err)
 	}
+}
+
+func getxattr(p, name string, buf []byte) (int, error) { return unix.Lgetxattr(p, name, buf) }
+
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
 }

@@ -23,6 +23,9 @@
 //     is the store's job, not the driver's. Removing the children
 //     afterwards must still succeed.
 //   - Removing a mounted layer unmounts it.
+//   - An image layer (Create) changes only through ApplyDiff: its mount
+//     may be read-only (overlay's is), so the suite writes through the
+//     mounts of read-write layers only, and accepts EROFS from others.
 //   - Create of an existing ID fails with graphdriver.ErrLayerExists; Get
 //     of an unknown ID fails with graphdriver.ErrLayerNotExist.
 //   - Changes may list, besides the edits, a "C" for directories above an

@@ -573,6 +573,8 @@ func concurrentOp(d graphdriver.Driver, w, i int, mu *sync.Mutex, paths map[stri
 		return fmt.Errorf("put: %w", err)
 	}
 	switch {
+	case werr != nil && i%2 == 1 && errors.Is(werr, unix.EROFS):
+		// An image layer's mount may be read-only (see the package doc).
 	case werr != nil:
 		return werr
 	case rerr != nil:

@@ -1,0 +1,74 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/layers-storage/layers/diff"
+	"github.com/layers-storage/layers/graphdriver"
+)
+
+// ApplyDiff applies the layer tar r straight into layer id's diff dir,
+// without mounting anything, storing deletions in overlay's own format.
+// parent must be the layer's parent ("" for none). A read-write layer that
+// is mounted gets the tar through its mount instead (writing under a live
+// overlay's upper dir is undefined); an image layer that is mounted is
+// refused, since its mounts are read-only views that must not change.
+func (d *Driver) ApplyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
+	res, err := d.applyDiff(ctx, id, parent, r, opts)
+	if err != nil {
+		return diff.ApplyResult{}, fmt.Errorf("layer %s: %w", id, err)
+	}
+	return res, nil
+}
+
+func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
+	if err := validID(id); err != nil {
+		return diff.ApplyResult{}, err
+	}
+	unlock := d.locks.lock(id)
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	if !d.Exists(id) {
+		return diff.ApplyResult{}, graphdriver.ErrLayerNotExist
+	}
+	lowers, err := d.readLowers(id)
+	if err != nil {
+		return diff.ApplyResult{}, err
+	}
+	if got := firstOr(lowers); got != parent {
+		return diff.ApplyResult{}, fmt.Errorf("apply against parent %q: the layer's parent is %q", parent, got)
+	}
+	kind, err := d.kind(id)
+	if err != nil {
+		return diff.ApplyResult{}, err
+	}
+	n, err := d.mountCount(id).Count()
+	if err != nil {
+		return diff.ApplyResult{}, err
+	}
+	if n > 0 {
+		if kind != kindReadWrite {
+			return diff.ApplyResult{}, fmt.Errorf("apply into image layer: it is mounted (%d references); image layers change only while unmounted", n)
+		}
+		unlock()
+		locked = false
+		opts.Whiteouts = nil // the mount shows the parents: deletions are real
+		return graphdriver.NaiveApplyDiff(ctx, d, id, r, opts)
+	}
+	opts.Whiteouts = diff.OverlayWhiteouts(d.userXattr)
+	return diff.Apply(ctx, filepath.Join(d.dir(id), "diff"), r, opts)
+}
+
+func firstOr(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	return ids[0]
+}
