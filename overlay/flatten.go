@@ -80,7 +80,9 @@ func (d *Driver) flatten(id string, chain []string) (err error) {
 	if err != nil {
 		return err
 	}
-	wrap := func(err error) error { return fmt.Errorf("flatten the %d layers from %s down: %w", len(chain), id, err) }
+	wrap := func(err error) error {
+		return fmt.Errorf("flatten the %d layers from %s down: %w", len(chain), id, err)
+	}
 	mnt, err := d.tmp.New("flatmount-" + id)
 	if err != nil {
 		return wrap(err)
