@@ -1,0 +1,207 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "modernc.org/sqlite" // the database/sql driver "sqlite": pure Go, so static binaries work
+)
+
+// migrations are the schema, one step per version: migrations[i] takes
+// the schema from version i to i+1. Steps are only ever appended; a
+// released step never changes, since databases in the field went through it.
+var migrations = []string{
+	// 1: the first schema.
+	`
+CREATE TABLE meta (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+CREATE TABLE layers (
+	id       TEXT PRIMARY KEY,
+	parent   TEXT REFERENCES layers(id),
+	kind     TEXT NOT NULL CHECK (kind IN ('image', 'container')),
+	state    TEXT NOT NULL CHECK (state IN ('incomplete', 'complete', 'removing')),
+	diff_id  TEXT NOT NULL DEFAULT '',
+	chain_id TEXT NOT NULL DEFAULT '',
+	tar_size INTEGER NOT NULL DEFAULT 0,
+	size     INTEGER NOT NULL DEFAULT 0,
+	created  INTEGER NOT NULL
+);
+CREATE INDEX layers_parent ON layers(parent);
+CREATE INDEX layers_diff_id ON layers(diff_id) WHERE diff_id != '';
+CREATE INDEX layers_chain_id ON layers(chain_id) WHERE chain_id != '';
+CREATE TABLE layer_blobs (
+	layer_id   TEXT NOT NULL REFERENCES layers(id) ON DELETE CASCADE,
+	digest     TEXT NOT NULL,
+	media_type TEXT NOT NULL,
+	size       INTEGER NOT NULL,
+	PRIMARY KEY (layer_id, digest)
+);
+CREATE INDEX layer_blobs_digest ON layer_blobs(digest);
+CREATE TABLE images (
+	id        TEXT PRIMARY KEY,
+	digest    TEXT NOT NULL DEFAULT '',
+	top_layer TEXT REFERENCES layers(id),
+	created   INTEGER NOT NULL
+);
+CREATE INDEX images_digest ON images(digest) WHERE digest != '';
+CREATE INDEX images_top_layer ON images(top_layer);
+CREATE TABLE image_names (
+	name     TEXT PRIMARY KEY,
+	image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX image_names_image ON image_names(image_id);
+CREATE TABLE image_layers (
+	image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+	idx      INTEGER NOT NULL,
+	layer_id TEXT NOT NULL REFERENCES layers(id),
+	PRIMARY KEY (image_id, idx)
+);
+CREATE INDEX image_layers_layer ON image_layers(layer_id);
+CREATE TABLE containers (
+	id       TEXT PRIMARY KEY,
+	name     TEXT UNIQUE,
+	image_id TEXT NOT NULL,
+	layer_id TEXT NOT NULL UNIQUE REFERENCES layers(id),
+	created  INTEGER NOT NULL,
+	metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE mounts (
+	layer_id TEXT PRIMARY KEY REFERENCES layers(id) ON DELETE CASCADE,
+	count    INTEGER NOT NULL CHECK (count >= 0),
+	path     TEXT NOT NULL,
+	kernel   INTEGER NOT NULL
+);
+`,
+}
+
+// busyTimeout is how long a statement waits for another connection's
+// write lock before failing with SQLITE_BUSY. Writers hold the store lock
+// already, so this covers WAL checkpoints and readers racing a writer.
+const busyTimeout = 30 * time.Second
+
+// openDB opens the database at path: WAL (readers never block the
+// writer), synchronous commits (the metadata is durable even when layer
+// data is not), foreign keys on (a layer row cannot go while an image, a
+// child or a container names it).
+func openDB(path string) (*sql.DB, error) {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	db.SetMaxIdleConns(4)
+	if err := db.Ping(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database %s: %w", path, noSpace(err))
+	}
+	return db, nil
+}
+
+// migrate brings the schema to the latest version, one transaction per
+// step. It runs under the store lock, so no two processes migrate at once.
+func migrate(db *sql.DB) error {
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("database schema: %w", noSpace(err))
+	}
+	var version int
+	err := db.QueryRow(`SELECT version FROM schema_version`).Scan(&version)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := db.Exec(`INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return fmt.Errorf("database schema: %w", noSpace(err))
+		}
+	} else if err != nil {
+		return fmt.Errorf("database schema: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("%w: version %d, this program knows up to %d", ErrSchemaTooNew, version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		err := withTx(db, func(tx *sql.Tx) error {
+			if _, err := tx.Exec(migrations[v]); err != nil {
+				return err
+			}
+			_, err := tx.Exec(`UPDATE schema_version SET version = ?`, v+1)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("database schema: migrate to version %d: %w", v+1, noSpace(err))
+		}
+	}
+	return nil
+}
+
+// withTx runs f in one transaction, committing when it returns nil.
+func withTx(db *sql.DB, f func(tx *sql.Tx) error) error {
+	tx, err := db.BeginTx(context.Background(), nil)
+	if err != nil {
+		return noSpace(err)
+	}
+	if err := f(tx); err != nil {
+		_ = tx.Rollback()
+		return noSpace(err)
+	}
+	return noSpace(tx.Commit())
+}
+
+func (s *Store) tx(f func(tx *sql.Tx) error) error { return withTx(s.db, f) }
+
+func (s *Store) meta(key string) (string, error) {
+	var v string
+	err := s.db.QueryRow(`SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("database: read %s: %w", key, err)
+	}
+	return v, nil
+}
+
+func (s *Store) setMeta(key, value string) error {
+	_, err := s.db.Exec(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	if err != nil {
+		return fmt.Errorf("database: record %s: %w", key, noSpace(err))
+	}
+	return nil
+}
+
+// newID returns a fresh random 64-hex ID.
+func newID() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b[:])
+}
+
+// isHex reports whether s is non-empty lower-case hex.
+func isHex(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isID reports whether s is a full 64-hex ID.
+func isID(s string) bool { return len(s) == 64 && isHex(s) }
+
+// nanos and fromNanos store times as Unix nanoseconds.
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

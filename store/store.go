@@ -1,0 +1,408 @@
+package store
+
+import (
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/graphdriver"
+)
+
+// Sentinel errors, wrapped with context, for callers to branch on with
+// errors.Is.
+var (
+	// ErrLayerUnknown means no complete layer matches the ID or prefix.
+	ErrLayerUnknown = errors.New("layer not known")
+	// ErrImageUnknown means no image matches the ID, prefix, name or digest.
+	ErrImageUnknown = errors.New("image not known")
+	// ErrContainerUnknown means no container matches the ID, prefix or name.
+	ErrContainerUnknown = errors.New("container not known")
+	// ErrAmbiguous means an ID prefix matches several objects.
+	ErrAmbiguous = errors.New("ambiguous ID prefix")
+	// ErrInUse means the object is used by another one (a layer by its
+	// children, an image or a container; an image by a container; a
+	// mounted layer) and was not removed.
+	ErrInUse = errors.New("in use")
+	// ErrNameInUse means a container name is taken.
+	ErrNameInUse = errors.New("name already in use")
+	// ErrInvalidName means a malformed image reference or container name.
+	ErrInvalidName = errors.New("invalid name")
+	// ErrDriverMismatch means Options.Driver names another driver than
+	// the one recorded in the root.
+	ErrDriverMismatch = errors.New("driver does not match the root")
+	// ErrInvalidOption means a store option with a bad value.
+	ErrInvalidOption = errors.New("invalid storage option")
+	// ErrDigestMismatch means applied content does not match the digest
+	// the caller expected.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrNoSpace means the filesystem of the root is full; nothing of the
+	// failed operation was kept.
+	ErrNoSpace = errors.New("no space left on the store's filesystem")
+	// ErrClosed means the Store was used after Close.
+	ErrClosed = errors.New("store is closed")
+	// ErrSchemaTooNew means the database was written by a newer version
+	// of this package, whose schema this one does not know.
+	ErrSchemaTooNew = errors.New("database schema is newer than this program")
+)
+
+// Options say where a store lives and how its driver is made.
+type Options struct {
+	// Root holds the database, the blobs and the driver's home. Required.
+	Root string
+	// RunRoot holds runtime state that does not survive a reboot; it
+	// defaults to ROOT/run. Nothing that the store's consistency depends
+	// on lives there.
+	RunRoot string
+	// Driver is the graph driver's registered name. Empty means the
+	// driver recorded in the root, else the best that works on the host
+	// (graphdriver.Names order). A name other than the recorded one fails
+	// with ErrDriverMismatch.
+	Driver string
+	// DriverOptions are storage options ("--storage-opt KEY=VALUE"). The
+	// store takes "sync" (true or false: sync each layer's filesystem
+	// before marking the layer complete) and passes every other key to
+	// the driver, which refuses those it does not know.
+	DriverOptions map[string]string
+}
+
+// ParseStorageOptions turns KEY=VALUE strings, as --storage-opt gives
+// them, into Options.DriverOptions.
+func ParseStorageOptions(kvs []string) (map[string]string, error) {
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%w %q: want KEY=VALUE", ErrInvalidOption, kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// LayerKind says what a layer is for.
+type LayerKind string
+
+const (
+	// KindImage is a read-only layer of images (ApplyDiff, CreateLayer).
+	KindImage LayerKind = "image"
+	// KindContainer is a read-write layer (a container's, or CreateLayer
+	// with ReadWrite).
+	KindContainer LayerKind = "container"
+)
+
+// Layer is a complete layer as the store records it.
+type Layer struct {
+	// ID is 64 hex characters.
+	ID string `json:"id"`
+	// Parent is the parent layer's ID, "" for a bottom layer.
+	Parent string `json:"parent"`
+	// DiffID is the sha256 of the layer's uncompressed tar, for layers
+	// made by ApplyDiff; "" for layers made empty or read-write.
+	DiffID digest.Digest `json:"diff_id"`
+	// ChainID identifies the layer with all its parents (image-spec); ""
+	// when the layer or one of its parents has no DiffID.
+	ChainID digest.Digest `json:"chain_id"`
+	// Blobs are the compressed forms the layer is known by in
+	// registries, for pushing it without recompressing.
+	Blobs []Blob `json:"blobs,omitempty"`
+	// TarSize is the length of the uncompressed tar applied.
+	TarSize int64 `json:"tar_size"`
+	// Size is the bytes of file content the layer added.
+	Size int64 `json:"size"`
+	// Created is when the layer was created.
+	Created time.Time `json:"created"`
+	// Kind is image or container.
+	Kind LayerKind `json:"kind"`
+}
+
+// Blob is a compressed form of a layer as registries store it.
+type Blob struct {
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"media_type"`
+	Size      int64         `json:"size"`
+}
+
+// Image is an image: a config (whose digest is its ID), an optional
+// manifest, its layers and its names.
+type Image struct {
+	// ID is the hex of the config's sha256 digest.
+	ID string `json:"id"`
+	// Digest is the manifest's digest, "" when no manifest was stored.
+	Digest digest.Digest `json:"digest"`
+	// Names are normalised references ("docker.io/library/busybox:latest").
+	Names []string `json:"names"`
+	// TopLayer is the ID of the image's top layer, "" for an image
+	// without layers.
+	TopLayer string `json:"top_layer"`
+	// Layers are the image's layer IDs, bottom first.
+	Layers []string `json:"layers"`
+	// Size is the sum of the layers' sizes.
+	Size int64 `json:"size"`
+	// Created is when the image was stored.
+	Created time.Time `json:"created"`
+}
+
+// Container is a read-write layer on an image, with a name.
+type Container struct {
+	// ID is 64 hex characters.
+	ID string `json:"id"`
+	// Name is unique among containers; "" when none was given.
+	Name string `json:"name"`
+	// Image is the image's ID. It may name an image removed since, with
+	// RemoveImage's force.
+	Image string `json:"image"`
+	// Layer is the ID of the container's read-write layer.
+	Layer string `json:"layer"`
+	// Created is when the container was created.
+	Created time.Time `json:"created"`
+	// Mounted says whether the container's layer is mounted now
+	// (reconciled with the kernel's mountinfo).
+	Mounted bool `json:"mounted"`
+	// Metadata is JSON kept for other packages (run state, exit status);
+	// see SetContainerMetadata.
+	Metadata json.RawMessage `json:"metadata,omitempty"`
+}
+
+// Store is an open root. It is safe for concurrent use by goroutines; see
+// the package documentation for several processes.
+type Store struct {
+	root, runRoot string
+	home          string // ROOT/<driver>
+	blobs         string // ROOT/blobs/sha256
+	tmp           string // ROOT/tmp
+	sync          bool
+	driver        graphdriver.Driver
+	db            *sql.DB
+	lockFile      *os.File
+	crashAt       string // test hook, see crashPoint
+
+	// mu serialises mutations inside the process; the flock on lockFile
+	// serialises them between processes (flock does not exclude
+	// goroutines sharing one open file).
+	mu     sync.Mutex
+	closed bool
+	// held records the layers for which this process holds one driver
+	// reference (Get without Put) on behalf of the database's mount
+	// count, so that the last Unmount, in whichever process, can Put it.
+	held map[string]bool
+}
+
+// Open opens (making it if needed) the store at opts.Root, picks and
+// starts its driver, migrates the database schema, and removes what a
+// killed process left behind (incomplete layers, layers being removed).
+func Open(opts Options) (*Store, error) {
+	if opts.Root == "" {
+		return nil, errors.New("open store: Options.Root is empty")
+	}
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", opts.Root, err)
+	}
+	s := &Store{
+		root:    root,
+		runRoot: opts.RunRoot,
+		blobs:   filepath.Join(root, "blobs", "sha256"),
+		tmp:     filepath.Join(root, "tmp"),
+		held:    make(map[string]bool),
+		crashAt: os.Getenv(crashEnv),
+	}
+	if s.runRoot == "" {
+		s.runRoot = filepath.Join(root, "run")
+	}
+	driverOpts := make(map[string]string, len(opts.DriverOptions))
+	for k, v := range opts.DriverOptions {
+		if k == "sync" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, fmt.Errorf("open store %s: %w sync=%q: want true or false", root, ErrInvalidOption, v)
+			}
+			s.sync = b
+			continue
+		}
+		driverOpts[k] = v
+	}
+	for _, d := range []string{root, s.runRoot, s.blobs, s.tmp} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", root, noSpace(err))
+		}
+	}
+	s.lockFile, err = os.OpenFile(filepath.Join(root, "store.lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: lock file: %w", root, err)
+	}
+	if err := s.open(opts.Driver, driverOpts); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	return s, nil
+}
+
+// open does Open's work under the store lock.
+func (s *Store) open(want string, driverOpts map[string]string) error {
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if s.db, err = openDB(filepath.Join(s.root, "layers.db")); err != nil {
+		return err
+	}
+	if err := migrate(s.db); err != nil {
+		return err
+	}
+	recorded, err := s.meta("driver")
+	if err != nil {
+		return err
+	}
+	switch {
+	case recorded != "" && want != "" && want != recorded:
+		return fmt.Errorf("%w: the root was made with driver %s, not %s (use --driver %s, or another root)",
+			ErrDriverMismatch, recorded, want, recorded)
+	case recorded != "":
+		s.driver, err = graphdriver.New(recorded, filepath.Join(s.root, recorded), driverOpts)
+	case want != "":
+		s.driver, err = graphdriver.New(want, filepath.Join(s.root, want), driverOpts)
+	default:
+		s.driver, err = s.defaultDriver(driverOpts)
+	}
+	if err != nil {
+		return err
+	}
+	s.home = filepath.Join(s.root, s.driver.String())
+	if recorded == "" {
+		if err := s.setMeta("driver", s.driver.String()); err != nil {
+			return err
+		}
+	}
+	return s.recover()
+}
+
+// defaultDriver makes the highest-priority driver that works, each in its
+// own home ROOT/<name>; graphdriver.Default cannot be used since it gives
+// every candidate the same home. Homes made for drivers that turned out
+// unsupported are removed again.
+func (s *Store) defaultDriver(options map[string]string) (graphdriver.Driver, error) {
+	var reasons []string
+	for _, name := range graphdriver.Names() {
+		home := filepath.Join(s.root, name)
+		_, statErr := os.Lstat(home)
+		d, err := graphdriver.New(name, home, options)
+		if err == nil {
+			return d, nil
+		}
+		if errors.Is(statErr, os.ErrNotExist) {
+			_ = os.RemoveAll(home)
+		}
+		if !errors.Is(err, graphdriver.ErrNotSupported) {
+			return nil, err
+		}
+		reasons = append(reasons, err.Error())
+	}
+	if len(reasons) == 0 {
+		return nil, fmt.Errorf("no driver registered (import github.com/layers-storage/layers/store/all): %w", graphdriver.ErrNotSupported)
+	}
+	return nil, fmt.Errorf("no usable driver: %w (%s)", graphdriver.ErrNotSupported, strings.Join(reasons, "; "))
+}
+
+// Close releases the database and the lock file. It does not unmount
+// anything: mounts made by Mount belong to the database's mount counts and
+// outlive the process (a shell's `layers mount` must stay mounted after it
+// exits), so the driver's Cleanup, which unmounts whatever the driver
+// instance mounted, is not called. Transient mounts (the naive differ's)
+// are put back by the operations that make them.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.closeAll()
+}
+
+func (s *Store) closeAll() error {
+	var errs []error
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+	}
+	if s.lockFile != nil {
+		errs = append(errs, s.lockFile.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Root returns the store's root directory.
+func (s *Store) Root() string { return s.root }
+
+// RunRoot returns the store's runtime directory.
+func (s *Store) RunRoot() string { return s.runRoot }
+
+// DriverName returns the name of the store's graph driver.
+func (s *Store) DriverName() string { return s.driver.String() }
+
+// DriverStatus returns the driver's status lines, for `info`.
+func (s *Store) DriverStatus() []graphdriver.Status { return s.driver.Status() }
+
+// Driver returns the store's graph driver, for packages that work on
+// layers directly (benchmarks). Mutating layers through it bypasses the
+// store's records and locks.
+func (s *Store) Driver() graphdriver.Driver { return s.driver }
+
+// Sync reports whether layers are synced before being marked complete.
+func (s *Store) Sync() bool { return s.sync }
+
+// lock takes the store lock: the in-process mutex, then the flock.
+func (s *Store) lock() (func(), error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for {
+		err := unix.Flock(int(s.lockFile.Fd()), unix.LOCK_EX)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("lock %s: %w", s.lockFile.Name(), err)
+		}
+	}
+	return func() {
+		_ = unix.Flock(int(s.lockFile.Fd()), unix.LOCK_UN)
+		s.mu.Unlock()
+	}, nil
+}
+
+// checkOpen returns ErrClosed after Close, for readers that take no lock.
+func (s *Store) checkOpen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// noSpace marks an ENOSPC or EDQUOT error with ErrNoSpace, so that a full
+// disk reads as such whatever operation hit it.
+func noSpace(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) {
+		return err
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || strings.Contains(err.Error(), "database or disk is full") {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
