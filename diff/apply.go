@@ -31,6 +31,32 @@ type ApplyOptions struct {
 	// Warn receives notes about entries that were changed on the way in,
 	// such as overlay xattrs dropped; nil discards them.
 	Warn func(msg string)
+	// Lowers are the layers below this one, top-most first, for the
+	// overlay format only (an error with the delete format, whose root is
+	// a copy of the parent already). With them Apply follows DESIGN.md's
+	// "one tree per image" rules across layers while writing only into
+	// root (this layer's own dir):
+	//   - a parent path resolves in the merged view of root and the lowers
+	//     (whiteouts and opaque dirs honoured, root's own entries first),
+	//     through symlinks of any layer, inside the image;
+	//   - a parent directory the tar does not list but the lowers have is
+	//     made in root with the attributes of the top-most lower that has
+	//     it (owner, mode, xattrs, times); one nobody has is made 0755
+	//     as without lowers; an entry under a lower non-directory is an
+	//     error;
+	//   - a hardlink to a lower file copies the file up into root, at its
+	//     path, and links to the copy (as overlayfs' copy-up does, the copy
+	//     is not linked to other names the file had in the lower layer);
+	//   - a whiteout or opaque marker whose directory the merged view
+	//     lacks is dropped (it hides nothing), one whose directory only a
+	//     lower has gets that directory made as above;
+	//   - when the tar does not list the root and root was empty, root
+	//     takes the top-most lower's root attributes at the end.
+	// Lower lookups happen only for entries whose parent directory is not
+	// in root already; entries are applied in tar order, so an entry that
+	// waits for a lower (see Lower.Ready) holds back the entries after it,
+	// not those before. Without Lowers, root is taken as the whole image.
+	Lowers []Lower
 
 	// noOpenat2 makes Apply resolve paths with its userspace walk, as on
 	// kernels without openat2, so that tests cover both paths.
@@ -79,8 +105,14 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 		return res, fmt.Errorf("apply layer: open root %s: %w", root, err)
 	}
 	defer unix.Close(rootfd)
+	lowers, err := openLowers(opts, wf)
+	if err != nil {
+		return res, fmt.Errorf("apply layer: %w", err)
+	}
+	defer closeLowers(lowers)
 
 	a := &applier{
+		lowers:     lowers,
 		ctx:        ctx,
 		opts:       opts,
 		wf:         wf,
@@ -100,6 +132,7 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	} else if empty {
 		a.created[""] = struct{}{}
 	}
+	rootEmpty := len(a.created) > 0
 	if !opts.noWriters {
 		a.startWriters(writerCount())
 		defer a.stopWriters() // runs before closeAll: writers use the cached fds
@@ -161,6 +194,11 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 		return res, fmt.Errorf("apply layer: %w", err)
 	}
 	a.closeStale()
+	if a.lowers != nil && !a.rootListed && rootEmpty {
+		if err := a.rootFromLower(); err != nil {
+			return res, fmt.Errorf("apply layer: %w", err)
+		}
+	}
 	if err := a.setDirTimes(); err != nil {
 		return res, fmt.Errorf("apply layer: %w", err)
 	}
@@ -199,6 +237,16 @@ type applier struct {
 	created map[string]struct{}
 	writers *writers // nil: every file is written by the applier
 	queued  int      // files given to writers since they were last drained
+
+	// lowers are the layers below (ApplyOptions.Lowers), nil without.
+	lowers []*lowerLayer
+	// lowerPaths holds the canonical paths (and their ancestors) where
+	// merged lookups used a lower layer's entry (see lowerChanged).
+	lowerPaths map[string]struct{}
+	// copiedUp holds the paths of lower files this layer copied up as
+	// hardlink targets: lower content an opaque marker must remove.
+	copiedUp   map[string]struct{}
+	rootListed bool // the tar listed the root directory
 
 	umask  uint32
 	euid   int // owner of the files this process creates
@@ -429,6 +477,9 @@ func (a *applier) entry(hdr *tar.Header, tr io.Reader) error {
 		return fmt.Errorf("parent directory: %w", err)
 	}
 	canon := ph.child(name)
+	if a.lowerPaths != nil {
+		a.lowerChanged(canon)
+	}
 	if a.canDispatch(ph, canon) {
 		// A new path in a directory this Apply made: nothing there to
 		// replace or to race with.
@@ -500,14 +551,17 @@ func (a *applier) whiteoutEntry(parent, name string) error {
 		return fmt.Errorf("whiteout %q names no entry of its directory", name)
 	}
 	create := a.wf.createsParents()
-	ph, err := a.lookupDir(parent, create)
+	ph, err := a.lookupDirMode(parent, a.markerLookMode(create))
 	if err != nil {
-		if !create && isMissing(err) {
+		if (!create || a.lowers != nil) && isMissing(err) {
 			return nil // nothing below a missing directory to delete
 		}
 		return fmt.Errorf("whiteout parent directory: %w", err)
 	}
 	canon := ph.child(target)
+	if a.lowerPaths != nil {
+		a.lowerChanged(canon)
+	}
 	if _, mine := a.touched[canon]; !mine {
 		return a.wf.whiteout(a, ph, target, canon)
 	}
@@ -529,12 +583,15 @@ func (a *applier) whiteoutEntry(parent, name string) error {
 // opaqueEntry handles ".wh..wh..opq" in directory dir.
 func (a *applier) opaqueEntry(dir string) error {
 	create := a.wf.createsParents()
-	dh, err := a.lookupDir(dir, create)
+	dh, err := a.lookupDirMode(dir, a.markerLookMode(create))
 	if err != nil {
-		if !create && isMissing(err) {
+		if (!create || a.lowers != nil) && isMissing(err) {
 			return nil // a missing directory hides nothing
 		}
 		return fmt.Errorf("opaque directory: %w", err)
+	}
+	if a.lowerPaths != nil {
+		a.lowerChanged(dh.canon)
 	}
 	fd, err := unix.Openat(dh.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -548,6 +605,18 @@ func (a *applier) opaqueEntry(dir string) error {
 		a.markTouched(dh.canon) // the marker makes the directory this layer's
 	}
 	return nil
+}
+
+// markerLookMode is how a whiteout or opaque marker finds its directory:
+// with lowers, one that no layer has hides nothing and is not made.
+func (a *applier) markerLookMode(create bool) lookMode {
+	switch {
+	case !create:
+		return lookTop
+	case a.lowers != nil:
+		return lookLower
+	}
+	return lookCreate
 }
 
 // removeExisting removes whatever is at name in ph (a whole tree for a
@@ -873,6 +942,7 @@ func (a *applier) rootDir(hdr *tar.Header) error {
 		return fmt.Errorf("invalid owner %d:%d", hdr.Uid, hdr.Gid)
 	}
 	a.waitWriters()
+	a.rootListed = true
 	if err := a.dirAttrs(hdr, a.rootHandle.fd, true); err != nil {
 		return err
 	}
@@ -1041,6 +1111,9 @@ func (a *applier) hardlink(hdr *tar.Header, ph *dirHandle, name string) error {
 	th, err := a.lookupDir(tparent, false)
 	if err != nil {
 		if isMissing(err) {
+			if a.lowers != nil {
+				return a.hardlinkLower(hdr.Linkname, ph, name, trel)
+			}
 			return fmt.Errorf("hardlink target %q does not exist", hdr.Linkname)
 		}
 		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
@@ -1048,6 +1121,9 @@ func (a *applier) hardlink(hdr *tar.Header, ph *dirHandle, name string) error {
 	var tst unix.Stat_t
 	if err := unix.Fstatat(th.fd, tname, &tst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
+			if a.lowers != nil {
+				return a.hardlinkLower(hdr.Linkname, ph, name, trel)
+			}
 			return fmt.Errorf("hardlink target %q does not exist", hdr.Linkname)
 		}
 		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
@@ -1058,9 +1134,22 @@ func (a *applier) hardlink(hdr *tar.Header, ph *dirHandle, name string) error {
 	if _, ok := a.whited[th.child(tname)]; ok {
 		return fmt.Errorf("hardlink target %q does not exist (whited out)", hdr.Linkname)
 	}
+	return a.linkAt(hdr.Linkname, th.fd, tname, &tst, ph, name)
+}
+
+// linkAt makes name in ph a hardlink to tname in directory tfd, whose lstat
+// is tst (nil: read here), replacing what is at name unless it is that
+// file already.
+func (a *applier) linkAt(linkname string, tfd int, tname string, tst *unix.Stat_t, ph *dirHandle, name string) error {
+	if tst == nil {
+		tst = new(unix.Stat_t)
+		if err := unix.Fstatat(tfd, tname, tst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("hardlink target %q: %w", linkname, err)
+		}
+	}
 	// linkat without AT_SYMLINK_FOLLOW: a symlink target is linked itself,
 	// never what it points to.
-	err = unix.Linkat(th.fd, tname, ph.fd, name, 0)
+	err := unix.Linkat(tfd, tname, ph.fd, name, 0)
 	if errors.Is(err, unix.EEXIST) {
 		var st unix.Stat_t
 		if err = unix.Fstatat(ph.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
@@ -1068,12 +1157,12 @@ func (a *applier) hardlink(hdr *tar.Header, ph *dirHandle, name string) error {
 				return nil // already that file
 			}
 			if err = a.removeExisting(ph, name); err == nil {
-				err = unix.Linkat(th.fd, tname, ph.fd, name, 0)
+				err = unix.Linkat(tfd, tname, ph.fd, name, 0)
 			}
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("hardlink to %q: %w", hdr.Linkname, err)
+		return fmt.Errorf("hardlink to %q: %w", linkname, err)
 	}
 	return nil
 }

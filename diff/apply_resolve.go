@@ -58,6 +58,25 @@ const maxSymlinks = 40
 // directories are made (0755, owned by the caller) and marked as written.
 // The handle stays valid until the next call of closeStale.
 func (a *applier) lookupDir(rel string, create bool) (*dirHandle, error) {
+	mode := lookTop
+	if create {
+		mode = lookCreate
+	}
+	return a.lookupDirMode(rel, mode)
+}
+
+// How lookupDirMode treats a directory missing from this layer's dir.
+type lookMode int
+
+const (
+	lookTop    lookMode = iota // an error
+	lookCreate                 // made, with its missing parents (with lowers: see lookupMerged)
+	lookLower                  // with lowers, made if the merged view has it; else an error
+)
+
+// lookupDirMode is lookupDir with the mode spelt out.
+func (a *applier) lookupDirMode(rel string, mode lookMode) (*dirHandle, error) {
+	create := mode != lookTop
 	if rel == "" || rel == "." {
 		return &a.rootHandle, nil
 	}
@@ -72,7 +91,11 @@ func (a *applier) lookupDir(rel string, create bool) (*dirHandle, error) {
 		a.waitWriters()
 		h, err = a.resolve(rel)
 	}
-	if err != nil && create && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) && a.underWhiteout(rel)) {
+	if err != nil && a.lowers != nil && create && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
+		// Not in this layer's own dir: the lowers decide what the path
+		// is. createsParents formats only: this is the overlay format.
+		h, err = a.lookupMerged(rel, mode == lookCreate)
+	} else if err != nil && mode == lookCreate && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) && a.underWhiteout(rel)) {
 		h, err = a.makeDir(rel)
 	}
 	if err != nil {

@@ -129,6 +129,14 @@ func (f overlayFormat) opaque(a *applier, dirfd int, canon string) error {
 	if err := unix.Fsetxattr(dirfd, f.opaqueXattr(), []byte("y"), 0); err != nil {
 		return fmt.Errorf("mark directory opaque: set %s: %w", f.opaqueXattr(), err)
 	}
+	if len(a.copiedUp) > 0 {
+		// Lower files copied up as hardlink targets are lower content
+		// the marker hides, as the delete format removes them; so is
+		// anything else below that this layer did not write (directories
+		// made to hold those copies or whiteouts), which is just as
+		// hidden by the marker.
+		return a.removeLowerChildren(dirfd, canon)
+	}
 	return nil
 }
 
