@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -288,19 +287,11 @@ func (s *Store) checkDigests(ctx context.Context, r *Report) error {
 
 // layerDiffID recomputes layer l's diffID from its data.
 func (s *Store) layerDiffID(ctx context.Context, l *Layer) (digest.Digest, error) {
-	rc, err := s.Diff(ctx, l.ID)
+	rc, err := s.LayerTar(ctx, l.ID)
 	if err != nil {
 		return "", err
 	}
-	dg := digest.Canonical.Digester()
-	_, err = io.Copy(dg.Hash(), rc)
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", err
-	}
-	return dg.Digest(), nil
+	return tarDigest(rc)
 }
 
 // Repair runs Check and fixes what it found that can be fixed without

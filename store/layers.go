@@ -351,6 +351,9 @@ func (s *Store) dropLayer(id string) error {
 		return err
 	}
 	delete(s.held, id)
+	if err := os.Remove(s.tarSplitPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	s.crashPoint("drop-data-removed")
 	_, err := s.db.Exec(`DELETE FROM layers WHERE id = ?`, id)
 	return noSpace(err)
@@ -424,7 +427,7 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 	}
 	s.crashPoint("apply-created")
 
-	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parentID, r, diff.ApplyOptions{Warn: opts.Warn})
+	res, err := s.applyData(ctx, id, parentID, r, opts)
 	if err == nil && opts.DiffID != "" && res.DiffID != opts.DiffID {
 		err = fmt.Errorf("%w: content has diff ID %s, expected %s", ErrDigestMismatch, res.DiffID, opts.DiffID)
 	}
@@ -492,6 +495,26 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 		return nil, err
 	}
 	return l, s.loadBlobs(l)
+}
+
+// applyData applies r into layer id, recording the tar's layout on the
+// way (see LayerTar).
+func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, opts *ApplyOptions) (diff.ApplyResult, error) {
+	src, err := decompressed(r)
+	if err != nil {
+		return diff.ApplyResult{}, err
+	}
+	defer src.Close()
+	ts, err := s.newTarSplitter(id, src)
+	if err != nil {
+		return diff.ApplyResult{}, fmt.Errorf("record tar layout: %w", err)
+	}
+	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts.rc, diff.ApplyOptions{Warn: opts.Warn})
+	if err != nil {
+		ts.abort()
+		return res, err
+	}
+	return res, ts.finish(s.sync)
 }
 
 // knownLayer returns the complete layer with diffID on parent, when

@@ -104,3 +104,286 @@ func TestOpenApplyLayers(t *testing.T) {
 		}
 	})
 }
+
+// mustApply applies tars as a chain and returns the layers, bottom first.
+func mustApply(t testing.TB, s *store.Store, parent string, tars ...[]byte) []*store.Layer {
+	t.Helper()
+	var ls []*store.Layer
+	for _, tb := range tars {
+		l, err := s.ApplyDiff(context.Background(), parent, bytes.NewReader(tb), nil)
+		if err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+		ls = append(ls, l)
+		parent = l.ID
+	}
+	return ls
+}
+
+// mustImage applies tars as a chain and makes an image of them.
+func mustImage(t testing.TB, s *store.Store, names []string, tars ...[]byte) *store.Image {
+	t.Helper()
+	ls := mustApply(t, s, "", tars...)
+	cfg, err := fixtures.ImageConfig(tars, "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.CreateImage(store.ImageOptions{Config: cfg, TopLayer: ls[len(ls)-1].ID, Names: names})
+	if err != nil {
+		t.Fatalf("create image: %v", err)
+	}
+	return img
+}
+
+// assertClean fails unless Check (with digests) finds nothing.
+func assertClean(t testing.TB, s *store.Store) {
+	t.Helper()
+	r, err := s.Check(context.Background(), store.CheckOptions{Digests: true})
+	if err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	if !r.Clean() {
+		t.Fatalf("check found problems: %v", r.Problems)
+	}
+}
+
+var (
+	baseTar  = tarOf(fixtures.Dir("etc", 0o755), fixtures.File("etc/hello", "hi\n", 0o644), fixtures.Dir("bin", 0o755), fixtures.File("bin/tool", "#!/bin/sh\n", 0o755))
+	upperTar = tarOf(fixtures.Dir("etc", 0o755), fixtures.File("etc/extra", "more\n", 0o644), fixtures.Whiteout("bin/tool"))
+)
+
+func TestOpenErrors(t *testing.T) {
+	root := filepath.Join(loopfs.New(t, "tmpfs", 0), "root")
+	s := open(t, "vfs", root)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Layers(); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Layers after Close: %v, want ErrClosed", err)
+	}
+	if _, err := s.CreateLayer("", nil); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("CreateLayer after Close: %v, want ErrClosed", err)
+	}
+	// The recorded driver is used when none is named, and another is refused.
+	s2, err := store.Open(store.Options{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.DriverName() != "vfs" {
+		t.Fatalf("reopened with %s, want the recorded vfs", s2.DriverName())
+	}
+	s2.Close()
+	for _, other := range drivers() {
+		if other == "vfs" {
+			continue
+		}
+		_, err := store.Open(store.Options{Root: root, Driver: other})
+		if !errors.Is(err, store.ErrDriverMismatch) {
+			t.Fatalf("open with %s: %v, want ErrDriverMismatch", other, err)
+		}
+	}
+	cases := []struct {
+		opts store.Options
+		want error
+	}{
+		{store.Options{Root: filepath.Join(root, "x"), Driver: "nosuch"}, graphdriver.ErrUnknownDriver},
+		{store.Options{Root: root, DriverOptions: map[string]string{"sync": "maybe"}}, store.ErrInvalidOption},
+		{store.Options{Root: root, DriverOptions: map[string]string{"bogus": "1"}}, graphdriver.ErrUnknownOption},
+	}
+	for _, c := range cases {
+		if _, err := store.Open(c.opts); !errors.Is(err, c.want) {
+			t.Errorf("Open(%+v): %v, want %v", c.opts, err, c.want)
+		}
+	}
+	if _, err := store.Open(store.Options{}); err == nil {
+		t.Error("Open without root succeeded")
+	}
+	if _, err := store.ParseStorageOptions([]string{"novalue"}); !errors.Is(err, store.ErrInvalidOption) {
+		t.Errorf("ParseStorageOptions(novalue): %v", err)
+	}
+	if m, err := store.ParseStorageOptions([]string{"sync=true", "vfs.copy=copy"}); err != nil || m["sync"] != "true" || m["vfs.copy"] != "copy" {
+		t.Errorf("ParseStorageOptions: %v %v", m, err)
+	}
+}
+
+// errReader fails the test if anything reads it.
+type errReader struct{ t testing.TB }
+
+func (r errReader) Read([]byte) (int, error) {
+	r.t.Error("the layer was read although it is stored already")
+	return 0, errors.New("must not be read")
+}
+
+func TestApplyDiff(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		ctx := context.Background()
+		s := open(t, driver, root, "sync=true")
+		if !s.Sync() {
+			t.Fatal("sync=true not taken")
+		}
+		ls := mustApply(t, s, "", baseTar, upperTar)
+		base, upper := ls[0], ls[1]
+		if upper.Parent != base.ID || upper.ChainID != store.ChainID(base.ChainID, digest.FromBytes(upperTar)) {
+			t.Fatalf("upper %+v", upper)
+		}
+		if base.TarSize != int64(len(baseTar)) || base.Size != int64(len("hi\n#!/bin/sh\n")) {
+			t.Errorf("sizes: tar %d size %d", base.TarSize, base.Size)
+		}
+		// Same tar on the same parent: the stored layer, not a new one.
+		again := mustApply(t, s, "", baseTar)[0]
+		if again.ID != base.ID {
+			t.Fatalf("re-applied layer got a new ID %s, want %s", again.ID, base.ID)
+		}
+		// With the expected diffID, it is not even read; its blob is recorded.
+		blob := &store.Blob{Digest: digest.FromString("gz"), MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: 2}
+		known, err := s.ApplyDiff(ctx, base.ID[:12], errReader{t}, &store.ApplyOptions{DiffID: digest.FromBytes(upperTar), Blob: blob})
+		if err != nil || known.ID != upper.ID || len(known.Blobs) != 1 || known.Blobs[0] != *blob {
+			t.Fatalf("known layer: %+v %v", known, err)
+		}
+		// A wrong expected diffID fails and leaves nothing.
+		_, err = s.ApplyDiff(ctx, "", bytes.NewReader(upperTar), &store.ApplyOptions{DiffID: digest.FromString("other")})
+		if !errors.Is(err, store.ErrDigestMismatch) {
+			t.Fatalf("wrong diff ID: %v", err)
+		}
+		// Garbage fails and leaves nothing.
+		if _, err := s.ApplyDiff(ctx, "", bytes.NewReader([]byte("not a tar at all, not even close........")), nil); err == nil {
+			t.Fatal("garbage applied")
+		}
+		if _, err := s.ApplyDiff(ctx, "0000", bytes.NewReader(baseTar), nil); !errors.Is(err, store.ErrLayerUnknown) {
+			t.Fatalf("unknown parent: %v", err)
+		}
+		if _, err := s.ApplyDiff(ctx, "", bytes.NewReader(baseTar), &store.ApplyOptions{ID: "bad"}); err == nil {
+			t.Fatal("bad ID taken")
+		}
+		all, err := s.Layers()
+		if err != nil || len(all) != 2 {
+			t.Fatalf("layers after failures: %d %v", len(all), err)
+		}
+		// The data is there: mount the upper layer and look.
+		p, err := s.Mount(upper.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(p, "etc/hello")); err != nil || string(b) != "hi\n" {
+			t.Fatalf("etc/hello: %q %v", b, err)
+		}
+		if _, err := os.Lstat(filepath.Join(p, "bin/tool")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("whited-out bin/tool: %v", err)
+		}
+		if err := s.Unmount(upper.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, s)
+	})
+}
+
+func TestLayerLookups(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		s := open(t, driver, root)
+		base := mustApply(t, s, "", baseTar)[0]
+		for _, ref := range []string{base.ID, base.ID[:10]} {
+			if l, err := s.Layer(ref); err != nil || l.ID != base.ID {
+				t.Fatalf("Layer(%s): %v %v", ref, l, err)
+			}
+		}
+		for _, ref := range []string{"", "zz", "not-hex", base.ID + "0"} {
+			if _, err := s.Layer(ref); !errors.Is(err, store.ErrLayerUnknown) {
+				t.Errorf("Layer(%q): %v, want ErrLayerUnknown", ref, err)
+			}
+		}
+		// 17 layers: two share their first hex digit.
+		byFirst := map[byte]bool{}
+		var shared byte
+		for i := 0; i < 17; i++ {
+			l, err := s.CreateLayer("", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if byFirst[l.ID[0]] {
+				shared = l.ID[0]
+			}
+			byFirst[l.ID[0]] = true
+		}
+		if _, err := s.Layer(string(shared)); !errors.Is(err, store.ErrAmbiguous) {
+			t.Fatalf("Layer(%c): %v, want ErrAmbiguous", shared, err)
+		}
+		if ls, err := s.LayersByDiffID(base.DiffID); err != nil || len(ls) != 1 || ls[0].ID != base.ID {
+			t.Fatalf("LayersByDiffID: %v %v", ls, err)
+		}
+		if l, err := s.LayerByChainID(base.ChainID); err != nil || l.ID != base.ID {
+			t.Fatalf("LayerByChainID: %v %v", l, err)
+		}
+		if _, err := s.LayerByChainID(digest.FromString("x")); !errors.Is(err, store.ErrLayerUnknown) {
+			t.Fatalf("LayerByChainID(unknown): %v", err)
+		}
+		b := store.Blob{Digest: digest.FromString("blob"), MediaType: "application/vnd.oci.image.layer.v1.tar+zstd", Size: 4}
+		if err := s.AddLayerBlob(base.ID[:8], b); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddLayerBlob(base.ID, store.Blob{Digest: "bad"}); err == nil {
+			t.Fatal("bad blob digest taken")
+		}
+		if ls, err := s.LayersByBlobDigest(b.Digest); err != nil || len(ls) != 1 || ls[0].ID != base.ID || ls[0].Blobs[0] != b {
+			t.Fatalf("LayersByBlobDigest: %v %v", ls, err)
+		}
+		rw, err := s.CreateLayer(base.ID, &store.LayerOptions{ReadWrite: true})
+		if err != nil || rw.Kind != store.KindContainer || rw.Parent != base.ID {
+			t.Fatalf("read-write layer: %+v %v", rw, err)
+		}
+		if _, err := s.CreateLayer("", &store.LayerOptions{ID: rw.ID}); err == nil {
+			t.Fatal("duplicate layer ID taken")
+		}
+		if _, err := s.CreateLayer("feed", nil); !errors.Is(err, store.ErrLayerUnknown) {
+			t.Fatalf("unknown parent: %v", err)
+		}
+		assertClean(t, s)
+	})
+}
+
+func TestRemoveLayer(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		s := open(t, driver, root)
+		img := mustImage(t, s, []string{"app"}, baseTar, upperTar)
+		base, top := img.Layers[0], img.Layers[1]
+		if err := s.RemoveLayer(base, false); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("remove parent: %v, want ErrInUse", err)
+		}
+		if err := s.RemoveLayer(top, true); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("remove image's top layer: %v, want ErrInUse", err)
+		}
+		c, err := s.CreateContainer("app", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RemoveLayer(c.Layer, false); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("remove container layer: %v, want ErrInUse", err)
+		}
+		if err := s.RemoveLayer("abc", false); !errors.Is(err, store.ErrLayerUnknown) {
+			t.Fatalf("remove unknown: %v", err)
+		}
+		free, err := s.CreateLayer(top, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Mount(free.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RemoveLayer(free.ID, false); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("remove mounted: %v, want ErrInUse", err)
+		}
+		if err := s.RemoveLayer(free.ID, true); err != nil {
+			t.Fatalf("force remove mounted: %v", err)
+		}
+		if ok, _ := isMountpoint(p); ok {
+			t.Fatalf("%s still mounted after removal", p)
+		}
+		if _, err := s.Layer(free.ID); !errors.Is(err, store.ErrLayerUnknown) {
+			t.Fatalf("removed layer still there: %v", err)
+		}
+		if s.Driver().Exists(free.ID) {
+			t.Fatal("removed layer's data still there")
+		}
+		assertClean(t, s)
+	})
+}
