@@ -171,19 +171,18 @@ func BenchmarkApplyImage(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			apply := func(l int) error {
-				parent := ""
-				if l > 0 {
-					parent = ids[l-1]
-				}
-				_, err := d.ApplyDiff(context.Background(), ids[l], parent, bytes.NewReader(tars[l]), diff.ApplyOptions{})
-				return err
-			}
 			if parallel {
 				var wg sync.WaitGroup
 				errs := make([]error, layers)
+				applied := newAppliedSet(layers)
 				for l := range layers {
-					wg.Go(func() { errs[l] = apply(l) })
+					wg.Go(func() {
+						parent := ""
+						if l > 0 {
+							parent = ids[l-1]
+						}
+						errs[l] = applied.apply(d, ids[l], parent, l, tars[l])
+					})
 				}
 				wg.Wait()
 				for _, err := range errs {
@@ -193,7 +192,11 @@ func BenchmarkApplyImage(b *testing.B) {
 				}
 			} else {
 				for l := range layers {
-					if err := apply(l); err != nil {
+					parent := ""
+					if l > 0 {
+						parent = ids[l-1]
+					}
+					if _, err := d.ApplyDiff(context.Background(), ids[l], parent, bytes.NewReader(tars[l]), diff.ApplyOptions{}); err != nil {
 						b.Fatal(err)
 					}
 				}
