@@ -213,3 +213,16 @@ func BenchmarkApplyImage(b *testing.B) {
 	b.Run("serial", func(b *testing.B) { run(b, false) })
 	b.Run("parallel", func(b *testing.B) { run(b, true) })
 }
+
+// BenchmarkNew opens the driver on an existing home, as every CLI process
+// does.
+func BenchmarkNew(b *testing.B) {
+	d := benchDriver(b)
+	for b.Loop() {
+		drv, err := New(d.home, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = drv.Cleanup()
+	}
+}

@@ -67,6 +67,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -552,7 +553,7 @@ func (d *Driver) Remove(id string) error {
 
 // unmountAll unmounts merged until nothing is mounted there: a layer may
 // be mounted more than once (stacked mounts). A mount that stays busy is
-// detached as a last resort.
+// detached as a last resort, with a warning on slog's default logger.
 func unmountAll(merged string) error {
 	for range 16 {
 		mounted, err := graphdriver.IsMountpoint(merged)
@@ -569,6 +570,7 @@ func unmountAll(merged string) error {
 			if derr := graphdriver.UnmountDetach(merged); derr != nil {
 				return errors.Join(err, derr)
 			}
+			slog.Warn("overlay: mount still busy, detached (MNT_DETACH): the kernel finishes the unmount when its last user goes", "mountpoint", merged, "cause", err)
 		}
 	}
 	return fmt.Errorf("%s is still mounted after 16 unmounts", merged)
@@ -743,9 +745,12 @@ func (d *Driver) Cleanup() error {
 		for range held[id] {
 			_, err := count.Release(func() error {
 				merged := d.merged(id)
-				if graphdriver.Unmount(merged) != nil {
+				if err := graphdriver.Unmount(merged); err != nil {
 					// Busy: Cleanup cannot wait for its users.
-					return graphdriver.UnmountDetach(merged)
+					if derr := graphdriver.UnmountDetach(merged); derr != nil {
+						return errors.Join(err, derr)
+					}
+					slog.Warn("overlay: mount still busy, detached (MNT_DETACH): the kernel finishes the unmount when its last user goes", "mountpoint", merged, "cause", err)
 				}
 				return nil
 			})
