@@ -83,14 +83,16 @@ func checkDeep(t *testing.T, d *Driver, top string, n int) {
 
 // Chains of 128 and 500 layers mount with every mount method: fsconfig
 // with fds, fsconfig with short-link paths, and mount(2) with bare short
-// names from HOME/l, whose one page of options holds 500.
+// names from HOME/l, whose one page of options holds 500. 501 is one past
+// the kernel's limit: the image mount flattens, the read-write layer on it
+// (500 lowers plus its upper dir) does too, since its lowers are 501.
 func TestDeepChains(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds 1,000+ layers")
 	}
-	for _, n := range []int{128, 500} {
+	for _, n := range []int{128, 500, 501} {
 		for _, method := range []mountMethod{methodFsconfigFd, methodFsconfigPath, methodMount} {
-			if n == 128 && method != methodFsconfigFd {
+			if n != 500 && method != methodFsconfigFd {
 				continue
 			}
 			t.Run(fmt.Sprintf("%d/%s", n, strings.ReplaceAll(method.String(), " ", "_")), func(t *testing.T) {
@@ -305,5 +307,53 @@ func TestDeeperThanKernelLimit(t *testing.T) {
 				checkDeep(t, d, top, c.n)
 			}
 		})
+	}
+}
+
+// A home whose path is 200+ characters long mounts 129-layer chains with
+// every method: fsconfig takes fds (or short links under 256 bytes) and
+// mount(2) names lowers relative to HOME/l, so the home's length is paid
+// once, not per lower.
+func TestLongHome(t *testing.T) {
+	needRoot(t)
+	base := loopfs.New(t, "tmpfs", 1<<30)
+	home := base
+	for len(home) < 220 {
+		home = filepath.Join(home, strings.Repeat("h", 40))
+	}
+	for _, method := range []mountMethod{methodFsconfigFd, methodFsconfigPath, methodMount} {
+		t.Run(strings.ReplaceAll(method.String(), " ", "_"), func(t *testing.T) {
+			d := newDriver(t, filepath.Join(home, fmt.Sprint(int(method))))
+			d.method = method
+			parent := ""
+			for i := range 129 {
+				id := fmt.Sprintf("layer%04d", i)
+				entries := []fixtures.Entry{fixtures.File(fmt.Sprintf("f%04d", i), fmt.Sprint(i), 0o644), fixtures.File("top", id, 0o644)}
+				if i >= 2 {
+					entries = append(entries, fixtures.Whiteout(fmt.Sprintf("f%04d", i-2)))
+				}
+				layer(t, d, id, parent, entries...)
+				parent = id
+			}
+			checkDeep(t, d, parent, 129)
+		})
+	}
+}
+
+// mount(2) options of exactly a page (containers/storage#1159: the
+// kernel needs the terminating NUL inside the page) or more are refused
+// before the syscall, with an error that says why.
+func TestClassicOptionsPageLimit(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	page := os.Getpagesize()
+	opts := [][2]string{{"index", "off"}}
+	// "lowerdir=" + names + ",index=off" is exactly one page.
+	fixed := len("lowerdir=") + len(",index=off")
+	name := strings.Repeat("n", page-fixed)
+	m := overlayMount{lowers: []string{name}, lowerLinks: []string{filepath.Join(dir, name)}, target: filepath.Join(dir, "merged"), options: opts, linkDir: dir}
+	err := mountClassic(m)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("need %d bytes of mount(2) options, the kernel takes less than %d", page, page)) {
+		t.Fatalf("mount(2) with %d bytes of options: %v", page, err)
 	}
 }

@@ -24,8 +24,8 @@ const (
 	// No string limit anywhere; the kernel's 500 lowers is the only cap.
 	methodFsconfigFd mountMethod = iota
 	// methodFsconfigPath: the same with path strings (kernels from 6.8
-	// that take no fds), each under 256 bytes: lowers by their HOME/l
-	// short link.
+	// that take no fds), each under 256 bytes: relative to HOME/l, lowers
+	// by their bare short names.
 	methodFsconfigPath
 	// methodMount: classic mount(2) with one options string of at most a
 	// page, lowers by their bare HOME/l short names relative to the
@@ -150,7 +150,23 @@ func spansFilesystems(m overlayMount) (bool, error) {
 // next one).
 var errFsconfigUnsupported = errors.New("not supported by this kernel")
 
-func mountFsconfig(method mountMethod, m overlayMount) (err error) {
+// mountFsconfig mounts m with the new mount API. With path strings, each
+// capped at 255 bytes, every path is given relative to HOME/l, the working
+// directory of the mounting thread (see inDir): lowers by bare short name,
+// upper and work as ../<id>/..., so the home's length does not count.
+func mountFsconfig(method mountMethod, m overlayMount) error {
+	if method != methodFsconfigPath {
+		return mountFsconfigIn(method, m)
+	}
+	target, err := filepath.Abs(m.target)
+	if err != nil {
+		return err
+	}
+	m.target = target
+	return inDir(m.linkDir, func() error { return mountFsconfigIn(method, m) })
+}
+
+func mountFsconfigIn(method mountMethod, m overlayMount) (err error) {
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENODEV) {
@@ -184,6 +200,9 @@ func mountFsconfig(method mountMethod, m overlayMount) (err error) {
 			p := dir
 			if link != "" {
 				p = link
+			}
+			if r, err := filepath.Rel(m.linkDir, p); err == nil {
+				p = r
 			}
 			if err := unix.FsconfigSetString(fsfd, key, p); err != nil {
 				if len(p) > 255 {
@@ -381,9 +400,6 @@ func (d *Driver) probe() (method mountMethod, err error) {
 	}
 	var errs []error
 	for _, method = range []mountMethod{methodFsconfigFd, methodFsconfigPath, methodMount} {
-		if method == methodFsconfigPath && len(p("upper")) > 255 {
-			continue
-		}
 		err := mount(method, m)
 		if err == nil {
 			b, rerr := os.ReadFile(p("merged/f"))
