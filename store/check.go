@@ -324,16 +324,11 @@ func (s *Store) Repair(ctx context.Context, opts RepairOptions) (*Report, error)
 				err = s.driver.Remove(p.ID)
 			}
 		case ProblemStaleMount:
-			if s.held[p.ID] {
-				_ = s.driver.Put(p.ID)
-				delete(s.held, p.ID)
-			}
 			_, err = s.db.Exec(`UPDATE mounts SET count = 0 WHERE layer_id = ?`, p.ID)
 		case ProblemLeakedMount:
 			var m mountRow
 			if m, err = s.readMount(s.db, p.ID); err == nil && m.count == 0 {
-				m.count = 1 // release Gets a reference and Puts it
-				err = s.release(p.ID, m, true)
+				err = s.settle(p.ID, m.path)
 			}
 		case ProblemOrphanBlob:
 			err = s.removeOrphanBlob(p.ID)

@@ -71,34 +71,39 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		return nil, fmt.Errorf("create image %s: %w", id, err)
 	}
 	defer unlock()
-	// Blobs first (under the lock, so that Repair never takes a blob
-	// being written for an orphan): a crash leaves an unreferenced blob,
-	// which Check reports and Repair removes, never a row without its blob.
-	if err := s.writeBlob(opts.Config); err != nil {
-		return nil, fmt.Errorf("create image %s: %w", id, err)
-	}
-	if opts.Manifest != nil {
-		if err := s.writeBlob(opts.Manifest); err != nil {
+	var topLayer string
+	var chain []*Layer
+	if opts.TopLayer != "" {
+		if topLayer, err = s.resolveLayer(s.db, opts.TopLayer); err != nil {
+			return nil, fmt.Errorf("create image %s: %w", id, err)
+		}
+		if chain, err = s.layerChain(s.db, topLayer); err != nil {
 			return nil, fmt.Errorf("create image %s: %w", id, err)
 		}
 	}
+	if len(cfg.RootFS.DiffIDs) > 0 {
+		if err := checkDiffIDs(cfg.RootFS.DiffIDs, chain); err != nil {
+			return nil, fmt.Errorf("create image %s: %w", id, err)
+		}
+	}
+	// Blobs before the rows (under the lock, so that Repair never takes a
+	// blob being written for an orphan): a crash leaves an unreferenced
+	// blob, which Check reports and Repair removes, never a row without
+	// its blob.
+	var written []digest.Digest
+	for _, b := range [][]byte{opts.Config, opts.Manifest} {
+		if b == nil {
+			continue
+		}
+		isNew, err := s.writeBlob(b)
+		if err != nil {
+			return nil, fmt.Errorf("create image %s: %w", id, err)
+		}
+		if isNew {
+			written = append(written, digest.FromBytes(b))
+		}
+	}
 	err = s.tx(func(tx *sql.Tx) error {
-		var topLayer string
-		var chain []*Layer
-		if opts.TopLayer != "" {
-			var err error
-			if topLayer, err = s.resolveLayer(tx, opts.TopLayer); err != nil {
-				return err
-			}
-			if chain, err = s.layerChain(tx, topLayer); err != nil {
-				return err
-			}
-		}
-		if len(cfg.RootFS.DiffIDs) > 0 {
-			if err := checkDiffIDs(cfg.RootFS.DiffIDs, chain); err != nil {
-				return err
-			}
-		}
 		var exists int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ?`, id).Scan(&exists); err != nil {
 			return err
@@ -130,6 +135,9 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		return nil
 	})
 	if err != nil {
+		for _, d := range written {
+			_ = s.removeBlob(d)
+		}
 		return nil, fmt.Errorf("create image %s: %w", id, err)
 	}
 	return s.imageByID(s.db, id)
@@ -481,16 +489,17 @@ func (s *Store) blobPath(d digest.Digest) string {
 }
 
 // writeBlob stores b under its sha256, atomically: a temp file written
-// and synced, renamed into place, the directory synced.
-func (s *Store) writeBlob(b []byte) error {
+// and synced, renamed into place, the directory synced. It reports
+// whether the blob is new.
+func (s *Store) writeBlob(b []byte) (bool, error) {
 	d := digest.FromBytes(b)
 	p := s.blobPath(d)
 	if fi, err := os.Stat(p); err == nil && fi.Size() == int64(len(b)) {
-		return nil
+		return false, nil
 	}
 	f, err := os.CreateTemp(s.blobs, ".tmp-")
 	if err != nil {
-		return fmt.Errorf("write blob %s: %w", d, noSpace(err))
+		return false, fmt.Errorf("write blob %s: %w", d, noSpace(err))
 	}
 	defer os.Remove(f.Name())
 	_, err = f.Write(b)
@@ -507,9 +516,9 @@ func (s *Store) writeBlob(b []byte) error {
 		err = syncDir(s.blobs)
 	}
 	if err != nil {
-		return fmt.Errorf("write blob %s: %w", d, noSpace(err))
+		return false, fmt.Errorf("write blob %s: %w", d, noSpace(err))
 	}
-	return nil
+	return true, nil
 }
 
 func syncDir(dir string) error {

@@ -350,7 +350,6 @@ func (s *Store) dropLayer(id string) error {
 	if err := s.driver.Remove(id); err != nil {
 		return err
 	}
-	delete(s.held, id)
 	if err := os.Remove(s.tarSplitPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -10,17 +10,18 @@ import (
 	"github.com/layers-storage/layers/graphdriver"
 )
 
-// Mount counts are the store's, in the mounts table, not the driver's:
-// drivers count Get and Put per process, and a shell user mounts in one
-// process and unmounts in another. The rule between the two: a process
-// holds at most one driver reference per layer on behalf of the table's
-// count (Store.held). The first Mount anywhere calls Get; a Mount in a
-// process that holds no reference calls Get too, which finds the layer
-// mounted and reuses the mount; the Unmount that takes the count to zero
-// makes sure its process holds a reference (Get again if not) and Puts
-// it, which unmounts. Drivers whose Get mounts nothing (the path is not a
-// mount point) are recorded with kernel = 0: their count cannot be
-// checked against the kernel, and needs no checking.
+// Mount counts are the store's, in the mounts table: the authority for
+// every process on the root, listed with containers and reconciled with
+// the kernel's mountinfo. Each Mount takes one driver reference (Get) and
+// each Unmount releases one (Put), so a driver that shares its counts
+// between processes (overlay keeps them in a file) counts exactly what the
+// table counts. Drivers whose counts are per process are covered too: when
+// the table's count reaches zero and the path is still mounted, the store
+// Puts until it is not, and as a last resort Gets and Puts once in this
+// process, which makes such a driver unmount a mount another process made.
+// Drivers whose Get mounts nothing (the path is not a mount point) are
+// recorded with kernel = 0: their count cannot be checked against the
+// kernel, and needs no checking.
 
 // mountRow is a layer's row of the mounts table.
 type mountRow struct {
@@ -109,45 +110,30 @@ func (s *Store) mountLayer(id string) (string, error) {
 		return "", err
 	}
 	if m.stale() {
-		// Unmounted behind our back: start from zero. A reference this
-		// process held for it is dropped (Put of an unmounted path is
-		// harmless), so that Get mounts afresh.
-		m.count = 0
-		if s.held[id] {
-			_ = s.driver.Put(id)
-			delete(s.held, id)
-		}
+		m.count = 0 // unmounted behind our back: start from zero
 	}
-	gotNow := false
-	if !s.held[id] {
-		p, err := s.driver.Get(id, graphdriver.MountOpts{})
-		if err != nil {
-			return "", noSpace(err)
-		}
-		s.held[id] = true
-		gotNow = true
-		if m.count == 0 || p != m.path {
-			m.path = p
-			m.kernel, _ = mountinfo.Mounted(p)
-		}
+	p, err := s.driver.Get(id, graphdriver.MountOpts{})
+	if err != nil {
+		return "", noSpace(err)
+	}
+	if m.count == 0 || p != m.path {
+		m.path = p
+		m.kernel, _ = mountinfo.Mounted(p)
 	}
 	s.crashPoint("mount-got")
 	_, err = s.db.Exec(`INSERT INTO mounts (layer_id, count, path, kernel) VALUES (?, ?, ?, ?)
 		ON CONFLICT (layer_id) DO UPDATE SET count = excluded.count, path = excluded.path, kernel = excluded.kernel`,
 		id, m.count+1, m.path, m.kernel)
 	if err != nil {
-		if gotNow && m.count == 0 {
-			_ = s.driver.Put(id)
-			delete(s.held, id)
-		}
+		_ = s.driver.Put(id)
 		return "", fmt.Errorf("database: %w", noSpace(err))
 	}
 	return m.path, nil
 }
 
 // Unmount undoes one Mount of the container or layer ref; with force, all
-// of them. The layer is unmounted when the count reaches zero. Unmounting
-// what is not mounted is not an error.
+// of them, detaching a mount that stays busy. The layer is unmounted when
+// the count reaches zero. Unmounting what is not mounted is not an error.
 func (s *Store) Unmount(ref string, force bool) error {
 	unlock, err := s.lock()
 	if err != nil {
@@ -174,48 +160,66 @@ func (s *Store) unmountLayer(id string, force bool) error {
 	if m.stale() {
 		m.count = 0
 	}
-	n := m.count - 1
-	if force || n < 0 {
-		n = 0
+	if m.count == 0 && !force {
+		return nil
 	}
-	if n == 0 && (m.count > 0 || force) {
-		if err := s.release(id, m, force); err != nil {
-			return err
+	puts := 1
+	if force {
+		puts = m.count
+	}
+	n := m.count
+	for range puts {
+		if err = s.driver.Put(id); err != nil {
+			break
 		}
+		n--
+	}
+	if err == nil && n == 0 && m.kernel {
+		err = s.settle(id, m.path)
+	}
+	if err != nil && force && m.kernel {
+		// Busy: detached, the path is no longer a mount point, and
+		// drivers reconcile their counts with mountinfo.
+		if derr := graphdriver.UnmountDetach(m.path); derr != nil {
+			return fmt.Errorf("%w: %w", ErrInUse, errors.Join(err, derr))
+		}
+		err, n = nil, 0
 	}
 	s.crashPoint("unmount-put")
-	if _, err := s.db.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, n, id); err != nil {
-		return fmt.Errorf("database: %w", noSpace(err))
-	}
-	return nil
-}
-
-// release puts the process's reference to layer id, taking one first if
-// another process made the mount, so that the driver unmounts it. With
-// force, a mount that stays busy is detached.
-func (s *Store) release(id string, m mountRow, force bool) error {
-	if !s.held[id] {
-		if m.count == 0 {
-			return nil // nothing mounted for the store, nothing held
-		}
-		if _, err := s.driver.Get(id, graphdriver.MountOpts{}); err != nil {
-			return err
-		}
-		s.held[id] = true
-	}
-	err := s.driver.Put(id)
-	if err != nil && force && m.kernel {
-		// Detached, the path is no longer a mount point and the driver's
-		// Put, which unmounts only what is mounted, goes through.
-		if derr := graphdriver.UnmountDetach(m.path); derr != nil {
-			return errors.Join(err, derr)
-		}
-		err = s.driver.Put(id)
+	if _, uerr := s.db.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, max(n, 0), id); uerr != nil {
+		return fmt.Errorf("database: %w", noSpace(uerr))
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInUse, err)
 	}
-	delete(s.held, id)
+	return nil
+}
+
+// settle makes sure layer id is not mounted at path once the store counts
+// no mount of it: Puts while it stays mounted (references a killed process
+// took but never recorded), then one Get and Put in this process, for
+// drivers whose counts are per process.
+func (s *Store) settle(id, path string) error {
+	for range 16 {
+		if ok, err := mountinfo.Mounted(path); err != nil || !ok {
+			return nil
+		}
+		if err := s.driver.Put(id); err != nil {
+			return err
+		}
+	}
+	if ok, err := mountinfo.Mounted(path); err != nil || !ok {
+		return nil
+	}
+	if _, err := s.driver.Get(id, graphdriver.MountOpts{}); err != nil {
+		return err
+	}
+	if err := s.driver.Put(id); err != nil {
+		return err
+	}
+	if ok, _ := mountinfo.Mounted(path); ok {
+		return fmt.Errorf("%s stays mounted with no mount counted", path)
+	}
 	return nil
 }
 

@@ -192,10 +192,6 @@ type Store struct {
 	// goroutines sharing one open file).
 	mu     sync.Mutex
 	closed bool
-	// held records the layers for which this process holds one driver
-	// reference (Get without Put) on behalf of the database's mount
-	// count, so that the last Unmount, in whichever process, can Put it.
-	held map[string]bool
 }
 
 // Open opens (making it if needed) the store at opts.Root, picks and
@@ -214,7 +210,6 @@ func Open(opts Options) (*Store, error) {
 		runRoot: opts.RunRoot,
 		blobs:   filepath.Join(root, "blobs", "sha256"),
 		tmp:     filepath.Join(root, "tmp"),
-		held:    make(map[string]bool),
 		crashAt: os.Getenv(crashEnv),
 	}
 	if s.runRoot == "" {
