@@ -63,21 +63,32 @@ func NaiveDiff(ctx context.Context, d Driver, id, parent string) (io.ReadCloser,
 		release()
 		return nil, fmt.Errorf("diff of layer %s: %w", id, err)
 	}
+	return StreamDiff(func(w io.Writer) error {
+		err := diff.Export(ctx, w, upper, changes, diff.ExportOptions{})
+		release()
+		if err != nil {
+			return fmt.Errorf("diff of layer %s: %w", id, err)
+		}
+		return nil
+	}), nil
+}
+
+// StreamDiff runs write on its own goroutine and returns what it writes as
+// a stream. Closing the stream early makes write's next write fail, and
+// Close returns only once write has returned, so a caller may remove the
+// layer (or unmount what write used) right after. write's error is the
+// stream's read error.
+func StreamDiff(write func(w io.Writer) error) io.ReadCloser {
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		err := diff.Export(ctx, pw, upper, changes, diff.ExportOptions{})
-		release()
-		if err != nil {
-			err = fmt.Errorf("diff of layer %s: %w", id, err)
-		}
-		pw.CloseWithError(err)
+		pw.CloseWithError(write(pw))
 	}()
-	return &diffReader{PipeReader: pr, done: done}, nil
+	return &diffReader{PipeReader: pr, done: done}
 }
 
-// diffReader is NaiveDiff's stream. Close returns only once the exporter
+// diffReader is StreamDiff's stream. Close returns only once the exporter
 // has stopped and put the mounts back, so a caller may remove the layer
 // right after.
 type diffReader struct {
