@@ -30,7 +30,8 @@ func (d *Driver) flatDir(id string) string { return filepath.Join(d.dir(id), "fl
 
 // lowerStack returns the lower dirs of a mount of chain (layer IDs, the
 // top-most first) and the names mounts use for them. A chain within the
-// kernel's limit is the layers' diff dirs and their short links. A deeper
+// kernel's limit is the layers' diff dirs and their short links (the
+// dirs again when mounting by fd, which needs no names). A deeper
 // chain keeps its upper layers and replaces the rest by the cached
 // flattened tree of the layer where it is cut (built on first use): the
 // kernel refuses more than 500 lowers, and Docker refuses such images,
@@ -47,6 +48,14 @@ func (d *Driver) lowerStack(chain []string) (dirs, names []string, err error) {
 		}
 	}
 	for _, l := range keep {
+		dir := filepath.Join(d.dir(l), "diff")
+		dirs = append(dirs, dir)
+		if d.method == methodFsconfigFd {
+			// Mounted by fd: reading 500 link files would cost
+			// half of the mount.
+			names = append(names, dir)
+			continue
+		}
 		short, err := d.readLink(l)
 		if err != nil {
 			if !d.Exists(l) {
@@ -54,7 +63,6 @@ func (d *Driver) lowerStack(chain []string) (dirs, names []string, err error) {
 			}
 			return nil, nil, fmt.Errorf("lower layer %s: %w", l, err)
 		}
-		dirs = append(dirs, filepath.Join(d.dir(l), "diff"))
 		names = append(names, filepath.Join(d.links, short))
 	}
 	if flatAt != "" {
