@@ -11,6 +11,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/layers-storage/layers/graphdriver"
 )
 
 // CheckOptions tune Check.
@@ -158,38 +160,8 @@ func (s *Store) checkLocked(r *Report) error {
 		}
 	}
 
-	mq, err := s.db.Query(`SELECT layer_id, count, path, kernel FROM mounts ORDER BY layer_id`)
-	if err != nil {
-		return fmt.Errorf("database: %w", err)
-	}
-	type mrow struct {
-		id string
-		m  mountRow
-	}
-	var mounts []mrow
-	for mq.Next() {
-		var x mrow
-		if err := mq.Scan(&x.id, &x.m.count, &x.m.path, &x.m.kernel); err != nil {
-			mq.Close()
-			return fmt.Errorf("database: %w", err)
-		}
-		mounts = append(mounts, x)
-	}
-	mq.Close()
-	for _, x := range mounts {
-		if !x.m.kernel {
-			continue
-		}
-		mounted, err := mountinfo.Mounted(x.m.path)
-		if err != nil {
-			continue // gone with its layer
-		}
-		switch {
-		case x.m.count > 0 && !mounted:
-			r.add(ProblemStaleMount, x.id, "counted %d mounts, but %s is not mounted", x.m.count, x.m.path)
-		case x.m.count == 0 && mounted:
-			r.add(ProblemLeakedMount, x.id, "%s is mounted, but no mount is counted", x.m.path)
-		}
+	if err := s.checkMounts(r, false); err != nil {
+		return err
 	}
 
 	imgs, err := s.imagesWhere(s.db, ``)
@@ -219,6 +191,88 @@ func (s *Store) checkLocked(r *Report) error {
 		}
 	}
 	return nil
+}
+
+// checkMounts compares the mount counts with the kernel's mountinfo:
+// counts above zero whose path is not mounted (stale), and mount points
+// under the driver's home that no count covers (leaked: a process killed
+// between the driver's Get and recording it, or a mount made by hand).
+// With fix, stale counts are reset and leaked mounts undone. Under the
+// store lock.
+func (s *Store) checkMounts(r *Report, fix bool) error {
+	rows, err := s.db.Query(`SELECT layer_id, count, path, kernel FROM mounts WHERE count > 0 ORDER BY layer_id`)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	type mrow struct {
+		id string
+		m  mountRow
+	}
+	var counted []mrow
+	for rows.Next() {
+		var x mrow
+		if err := rows.Scan(&x.id, &x.m.count, &x.m.path, &x.m.kernel); err != nil {
+			rows.Close()
+			return fmt.Errorf("database: %w", err)
+		}
+		counted = append(counted, x)
+	}
+	rows.Close()
+	live := map[string]bool{}
+	for _, x := range counted {
+		if !x.m.stale() {
+			live[x.m.path] = true
+			continue
+		}
+		r.add(ProblemStaleMount, x.id, "counted %d mounts, but %s is not mounted", x.m.count, x.m.path)
+		if fix {
+			if _, err := s.db.Exec(`UPDATE mounts SET count = 0 WHERE layer_id = ?`, x.id); err != nil {
+				return fmt.Errorf("database: %w", noSpace(err))
+			}
+		}
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(s.home))
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	var errs []error
+	for _, m := range mounts {
+		if m.Mountpoint == s.home || live[m.Mountpoint] {
+			continue
+		}
+		id := s.layerIDIn(m.Mountpoint)
+		if id != "" && s.layerBeingApplied(id) {
+			continue // the driver mounted it to apply it
+		}
+		r.add(ProblemLeakedMount, id, "%s is mounted, but no mount is counted", m.Mountpoint)
+		if !fix {
+			continue
+		}
+		if id != "" {
+			if err := s.settle(id, m.Mountpoint); err == nil {
+				continue
+			}
+		}
+		if err := graphdriver.UnmountDetach(m.Mountpoint); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// layerIDIn returns the layer ID among the components of path below the
+// driver's home ("" when none): drivers name a layer's directory by its ID.
+func (s *Store) layerIDIn(path string) string {
+	rel, err := filepath.Rel(s.home, path)
+	if err != nil {
+		return ""
+	}
+	for _, c := range strings.Split(rel, string(filepath.Separator)) {
+		if isID(c) {
+			return c
+		}
+	}
+	return ""
 }
 
 // driverLayerIDs returns the IDs of layers the driver has data for, as
@@ -323,13 +377,8 @@ func (s *Store) Repair(ctx context.Context, opts RepairOptions) (*Report, error)
 			if err = s.db.QueryRow(`SELECT COUNT(*) FROM layers WHERE id = ?`, p.ID).Scan(&n); err == nil && n == 0 {
 				err = s.driver.Remove(p.ID)
 			}
-		case ProblemStaleMount:
-			_, err = s.db.Exec(`UPDATE mounts SET count = 0 WHERE layer_id = ?`, p.ID)
-		case ProblemLeakedMount:
-			var m mountRow
-			if m, err = s.readMount(s.db, p.ID); err == nil && m.count == 0 {
-				err = s.settle(p.ID, m.path)
-			}
+		case ProblemStaleMount, ProblemLeakedMount:
+			err = s.checkMounts(&Report{}, true)
 		case ProblemOrphanBlob:
 			err = s.removeOrphanBlob(p.ID)
 		case ProblemDataMissing, ProblemDigestMismatch:
@@ -441,8 +490,8 @@ func (s *Store) removeImageForce(id string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.db.Exec(`DELETE FROM images WHERE id = ?`, id); err != nil {
-		return noSpace(err)
+	if err := s.deleteImageRow(img); err != nil {
+		return err
 	}
-	return s.removeImageBlobs(img)
+	return s.gcBlobs()
 }

@@ -80,6 +80,14 @@ CREATE TABLE mounts (
 	kernel   INTEGER NOT NULL
 );
 `,
+	// 2: blobs to delete once no image references them, recorded in the
+	// transaction that drops their last reference (or before a blob is
+	// written), so that a crash never leaves a blob nobody will delete.
+	`
+CREATE TABLE blob_gc (
+	digest TEXT PRIMARY KEY
+);
+`,
 }
 
 // busyTimeout is how long a statement waits for another connection's

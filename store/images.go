@@ -86,23 +86,26 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 			return nil, fmt.Errorf("create image %s: %w", id, err)
 		}
 	}
-	// Blobs before the rows (under the lock, so that Repair never takes a
-	// blob being written for an orphan): a crash leaves an unreferenced
-	// blob, which Check reports and Repair removes, never a row without
-	// its blob.
-	var written []digest.Digest
+	// Blobs before the rows, each first recorded for deletion (in
+	// blob_gc) and the record dropped in the transaction that adds the
+	// image: a crash leaves a blob the next Open deletes, never a row
+	// without its blob. Under the lock, so no Repair or Open takes a blob
+	// being written for debris.
+	var blobs []digest.Digest
 	for _, b := range [][]byte{opts.Config, opts.Manifest} {
 		if b == nil {
 			continue
 		}
-		isNew, err := s.writeBlob(b)
-		if err != nil {
-			return nil, fmt.Errorf("create image %s: %w", id, err)
+		d := digest.FromBytes(b)
+		if _, err := s.db.Exec(`INSERT OR IGNORE INTO blob_gc (digest) VALUES (?)`, d.String()); err != nil {
+			return nil, fmt.Errorf("create image %s: %w", id, noSpace(err))
 		}
-		if isNew {
-			written = append(written, digest.FromBytes(b))
+		blobs = append(blobs, d)
+		if err := s.writeBlob(b); err != nil {
+			return nil, fmt.Errorf("create image %s: %w", id, errors.Join(err, s.gcBlobs()))
 		}
 	}
+	s.crashPoint("image-blobs-written")
 	err = s.tx(func(tx *sql.Tx) error {
 		var exists int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ?`, id).Scan(&exists); err != nil {
@@ -132,13 +135,15 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 				return err
 			}
 		}
+		for _, d := range blobs {
+			if _, err := tx.Exec(`DELETE FROM blob_gc WHERE digest = ?`, d.String()); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
-		for _, d := range written {
-			_ = s.removeBlob(d)
-		}
-		return nil, fmt.Errorf("create image %s: %w", id, err)
+		return nil, fmt.Errorf("create image %s: %w", id, errors.Join(err, s.gcBlobs()))
 	}
 	return s.imageByID(s.db, id)
 }
@@ -425,15 +430,15 @@ func (s *Store) RemoveImage(ref string, force bool) ([]string, error) {
 	if len(users) > 0 && !force {
 		return nil, fmt.Errorf("remove image %s: %w by container %s", img.ID, ErrInUse, strings.Join(users, ", "))
 	}
-	if _, err := s.db.Exec(`DELETE FROM images WHERE id = ?`, img.ID); err != nil {
-		return nil, fmt.Errorf("remove image %s: %w", img.ID, noSpace(err))
+	if err := s.deleteImageRow(img); err != nil {
+		return nil, fmt.Errorf("remove image %s: %w", img.ID, err)
 	}
 	s.crashPoint("image-removed")
 	removed, err := s.removeUnused(img.Layers)
 	if err != nil {
 		return removed, fmt.Errorf("remove image %s: %w", img.ID, err)
 	}
-	if err := s.removeImageBlobs(img); err != nil {
+	if err := s.gcBlobs(); err != nil {
 		return removed, fmt.Errorf("remove image %s: %w", img.ID, err)
 	}
 	return removed, nil
@@ -464,23 +469,60 @@ func (s *Store) removeUnused(chain []string) ([]string, error) {
 	return removed, nil
 }
 
-// removeImageBlobs deletes the blobs of a removed image that no other
-// image references.
-func (s *Store) removeImageBlobs(img *Image) error {
-	if err := s.removeBlob(digest.NewDigestFromEncoded(digest.SHA256, img.ID)); err != nil {
-		return err
-	}
-	if img.Digest == "" {
+// deleteImageRow deletes image img's row (its names and layer list go
+// with it) and records its blobs for deletion, in one transaction.
+func (s *Store) deleteImageRow(img *Image) error {
+	return s.tx(func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM images WHERE id = ?`, img.ID); err != nil {
+			return err
+		}
+		blobs := []digest.Digest{digest.NewDigestFromEncoded(digest.SHA256, img.ID)}
+		if img.Digest != "" {
+			blobs = append(blobs, img.Digest)
+		}
+		for _, d := range blobs {
+			if _, err := tx.Exec(`INSERT OR IGNORE INTO blob_gc (digest) VALUES (?)`, d.String()); err != nil {
+				return err
+			}
+		}
 		return nil
-	}
-	var others int
-	if err := s.db.QueryRow(`SELECT COUNT(*) FROM images WHERE digest = ?`, img.Digest.String()).Scan(&others); err != nil {
+	})
+}
+
+// gcBlobs deletes the blobs recorded in blob_gc that no image references
+// and forgets the records. Under the store lock.
+func (s *Store) gcBlobs() error {
+	rows, err := s.db.Query(`SELECT digest FROM blob_gc`)
+	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	if others > 0 {
-		return nil
+	var ds []string
+	for rows.Next() {
+		var d string
+		if rows.Scan(&d) == nil {
+			ds = append(ds, d)
+		}
 	}
-	return s.removeBlob(img.Digest)
+	rows.Close()
+	for _, d := range ds {
+		dg := digest.Digest(d)
+		if dg.Validate() != nil {
+			continue
+		}
+		var n int
+		if err := s.db.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ? OR digest = ?`, dg.Encoded(), d).Scan(&n); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
+		if n == 0 {
+			if err := s.removeBlob(dg); err != nil {
+				return err
+			}
+		}
+		if _, err := s.db.Exec(`DELETE FROM blob_gc WHERE digest = ?`, d); err != nil {
+			return fmt.Errorf("database: %w", noSpace(err))
+		}
+	}
+	return nil
 }
 
 // blobPath is where blob d lives.
@@ -489,17 +531,16 @@ func (s *Store) blobPath(d digest.Digest) string {
 }
 
 // writeBlob stores b under its sha256, atomically: a temp file written
-// and synced, renamed into place, the directory synced. It reports
-// whether the blob is new.
-func (s *Store) writeBlob(b []byte) (bool, error) {
+// and synced, renamed into place, the directory synced.
+func (s *Store) writeBlob(b []byte) error {
 	d := digest.FromBytes(b)
 	p := s.blobPath(d)
 	if fi, err := os.Stat(p); err == nil && fi.Size() == int64(len(b)) {
-		return false, nil
+		return nil
 	}
 	f, err := os.CreateTemp(s.blobs, ".tmp-")
 	if err != nil {
-		return false, fmt.Errorf("write blob %s: %w", d, noSpace(err))
+		return fmt.Errorf("write blob %s: %w", d, noSpace(err))
 	}
 	defer os.Remove(f.Name())
 	_, err = f.Write(b)
@@ -516,9 +557,9 @@ func (s *Store) writeBlob(b []byte) (bool, error) {
 		err = syncDir(s.blobs)
 	}
 	if err != nil {
-		return false, fmt.Errorf("write blob %s: %w", d, noSpace(err))
+		return fmt.Errorf("write blob %s: %w", d, noSpace(err))
 	}
-	return true, nil
+	return nil
 }
 
 func syncDir(dir string) error {

@@ -722,6 +722,14 @@ func (s *Store) recover() error {
 			return fmt.Errorf("recover: remove %s layer %s: %w", l.state, l.id, err)
 		}
 	}
+	// Blobs of images whose creation or removal was interrupted.
+	if err := s.gcBlobs(); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	// Mount counts a killed process left lying, mounts it left uncounted.
+	if err := s.checkMounts(&Report{}, true); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
 	// Lock files of applies killed before their row was written, or
 	// after it was deleted.
 	ents, err := os.ReadDir(s.tmp)
