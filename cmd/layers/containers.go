@@ -1,0 +1,194 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layers-storage/layers/store"
+)
+
+// containerJSON is a container in `ps --format json`: the contract's
+// fields, which never change meaning.
+type containerJSON struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Image   string    `json:"image"`
+	Layer   string    `json:"layer"`
+	Mounted bool      `json:"mounted"`
+	Created time.Time `json:"created"`
+}
+
+func toContainerJSON(c *store.Container) containerJSON {
+	return containerJSON{ID: c.ID, Name: c.Name, Image: c.Image, Layer: c.Layer, Mounted: c.Mounted, Created: c.Created}
+}
+
+func (a *app) addContainerCommands(root *cobra.Command) {
+	var lf listFlags
+	ps := &cobra.Command{
+		Use:   "ps",
+		Short: "List containers",
+		Args:  cobra.NoArgs,
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, _ []string) error {
+			asJSON, err := lf.json()
+			if err != nil {
+				return err
+			}
+			cs, err := st.Containers()
+			if err != nil {
+				return fmt.Errorf("list containers: %w", err)
+			}
+			return a.printContainers(st, cs, &lf, asJSON)
+		}),
+	}
+	lf.add(ps, true)
+
+	var name string
+	create := &cobra.Command{
+		Use:   "create [--name N] IMAGE",
+		Short: "Create a container (a read-write layer on the image); prints its ID",
+		Args:  cobra.ExactArgs(1),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			c, err := st.CreateContainer(args[0], &store.ContainerOptions{Name: name})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, c.ID)
+			return nil
+		}),
+		ValidArgsFunction: a.completeImages,
+	}
+	create.Flags().StringVar(&name, "name", "", "the container's `NAME`")
+
+	var rmForce bool
+	rm := &cobra.Command{
+		Use:   "rm [-f] CONTAINER...",
+		Short: "Remove containers (unmounting them first)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			var errs []error
+			for _, ref := range args {
+				if err := st.RemoveContainer(ref, rmForce); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			return joinOneLine(errs)
+		}),
+		ValidArgsFunction: a.completeContainers,
+	}
+	rm.Flags().BoolVarP(&rmForce, "force", "f", false, "detach a mount that stays busy")
+
+	mount := &cobra.Command{
+		Use:   "mount CONTAINER",
+		Short: "Mount a container's root filesystem; prints its path",
+		Long: `Mount a container's root filesystem and print its path, nothing else:
+cd "$(layers mount c)". Mounts are counted across processes: each mount
+is undone by one umount.`,
+		Args: cobra.ExactArgs(1),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			p, err := st.Mount(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, p)
+			return nil
+		}),
+		ValidArgsFunction: a.completeContainers,
+	}
+
+	var umountForce bool
+	umount := &cobra.Command{
+		Use:     "umount [-f] CONTAINER",
+		Aliases: []string{"unmount"},
+		Short:   "Undo one mount of a container (-f: all of them)",
+		Args:    cobra.ExactArgs(1),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			return st.Unmount(args[0], umountForce)
+		}),
+		ValidArgsFunction: a.completeContainers,
+	}
+	umount.Flags().BoolVarP(&umountForce, "force", "f", false, "undo every mount, detaching a busy one")
+
+	diff := &cobra.Command{
+		Use:   "diff CONTAINER",
+		Short: "List a container's changes against its image (A, C, D /path)",
+		Long: `List what a container changed against its image, one change a line:
+"A /path" added, "C /path" changed, "D /path" deleted. A path with a
+control character, a backslash or a double quote is printed in double
+quotes with C escapes, as git does.`,
+		Args: cobra.ExactArgs(1),
+		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, args []string) error {
+			changes, err := st.Changes(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			for _, c := range changes {
+				fmt.Fprintf(a.stdout, "%s %s\n", c.Kind, quotePath(c.Path))
+			}
+			return nil
+		}),
+		ValidArgsFunction: a.completeContainers,
+	}
+
+	root.AddCommand(ps, create, rm, mount, umount, diff)
+}
+
+func (a *app) printContainers(st *store.Store, cs []*store.Container, lf *listFlags, asJSON bool) error {
+	if asJSON {
+		out := make([]containerJSON, 0, len(cs))
+		for _, c := range cs {
+			out = append(out, toContainerJSON(c))
+		}
+		return writeJSON(a.stdout, out)
+	}
+	if a.quiet {
+		for _, c := range cs {
+			fmt.Fprintln(a.stdout, lf.id(c.ID))
+		}
+		return nil
+	}
+	// People know images by name: the first name of each, else its ID.
+	imageNames := map[string]string{}
+	if imgs, err := st.Images(); err == nil {
+		for _, img := range imgs {
+			if len(img.Names) > 0 {
+				imageNames[img.ID] = img.Names[0]
+			}
+		}
+	}
+	now := time.Now()
+	t := newTable(a.stdout, "CONTAINER ID", "IMAGE", "NAME", "MOUNTED", "CREATED")
+	for _, c := range cs {
+		img := imageNames[c.Image]
+		if img == "" {
+			img = lf.id(c.Image)
+		}
+		mounted := "no"
+		if c.Mounted {
+			mounted = "yes"
+		}
+		t.row(lf.id(c.ID), img, c.Name, mounted, ago(c.Created, now))
+	}
+	return t.flush()
+}
+
+// completeContainers offers container names and short IDs.
+func (a *app) completeContainers(_ *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
+	st, err := a.store()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cs, err := st.Containers()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, c := range cs {
+		if c.Name != "" {
+			out = append(out, c.Name)
+		}
+		out = append(out, shortID(c.ID))
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}

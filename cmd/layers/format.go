@@ -1,0 +1,186 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// listFlags are the output flags of a verb that lists things.
+type listFlags struct {
+	format  string
+	noTrunc bool
+}
+
+// add registers --format and, for verbs that show IDs, --no-trunc. The
+// format is checked before the verb runs (and opens the store): a bad
+// one is a usage error.
+func (l *listFlags) add(cmd *cobra.Command, ids bool) {
+	cmd.Flags().StringVar(&l.format, "format", "table", "output `FORMAT`: table or json")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		_, err := l.json()
+		return err
+	}
+	if ids {
+		cmd.Flags().BoolVar(&l.noTrunc, "no-trunc", false, "print IDs and digests in full")
+	}
+}
+
+// json reports whether JSON was asked for; a value other than table or
+// json is a usage error.
+func (l *listFlags) json() (bool, error) {
+	switch l.format {
+	case "table", "":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, usagef("--format %q: want table or json", l.format)
+}
+
+// id shortens a 64-hex ID (or "sha256:" digest) to 12 characters, as
+// docker does in tables, unless --no-trunc.
+func (l *listFlags) id(s string) string {
+	if l.noTrunc {
+		return s
+	}
+	return shortID(s)
+}
+
+func shortID(s string) string {
+	if rest, ok := strings.CutPrefix(s, "sha256:"); ok {
+		s = rest
+	}
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+// writeJSON prints v indented, with a final newline. Slices must be
+// non-nil so that an empty list prints [] and not null.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// table writes aligned columns: a header, then rows.
+type table struct {
+	tw *tabwriter.Writer
+}
+
+func newTable(w io.Writer, header ...string) *table {
+	t := &table{tw: tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)}
+	t.row(header...)
+	return t
+}
+
+func (t *table) row(cols ...string) {
+	fmt.Fprintln(t.tw, strings.Join(cols, "\t"))
+}
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// humanSize formats bytes in decimal units, as docker does.
+func humanSize(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	units := []string{"kB", "MB", "GB", "TB", "PB", "EB"}
+	f := float64(n) / unit
+	i := 0
+	for f >= unit && i < len(units)-1 {
+		f /= unit
+		i++
+	}
+	return fmt.Sprintf("%.3g%s", f, units[i])
+}
+
+// ago formats the time since t for people ("3 minutes ago").
+func ago(t time.Time, now time.Time) string {
+	d := now.Sub(t)
+	if d < 0 {
+		d = 0
+	}
+	plural := func(n int, unit string) string {
+		if n == 1 {
+			return fmt.Sprintf("1 %s ago", unit)
+		}
+		return fmt.Sprintf("%d %ss ago", n, unit)
+	}
+	switch {
+	case d < time.Second:
+		return "Less than a second ago"
+	case d < time.Minute:
+		return plural(int(d/time.Second), "second")
+	case d < time.Hour:
+		return plural(int(d/time.Minute), "minute")
+	case d < 48*time.Hour:
+		return plural(int(d/time.Hour), "hour")
+	case d < 14*24*time.Hour:
+		return plural(int(d/(24*time.Hour)), "day")
+	case d < 60*24*time.Hour:
+		return plural(int(d/(7*24*time.Hour)), "week")
+	case d < 2*365*24*time.Hour:
+		return plural(int(d/(30*24*time.Hour)), "month")
+	}
+	return plural(int(d/(365*24*time.Hour)), "year")
+}
+
+// quotePath quotes a path the way git does (core.quotePath=false): a path
+// with a control character, a backslash or a double quote is printed in
+// double quotes with C escapes; any other path, UTF-8 included, as is. So
+// one change is always one line, and a script can tell a quoted name from
+// a name that starts with a quote.
+func quotePath(p string) string {
+	needs := false
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c < 0x20 || c == 0x7f || c == '\\' || c == '"' {
+			needs = true
+			break
+		}
+	}
+	if !needs {
+		return p
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; c {
+		case '\a':
+			b.WriteString(`\a`)
+		case '\b':
+			b.WriteString(`\b`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\v':
+			b.WriteString(`\v`)
+		case '\f':
+			b.WriteString(`\f`)
+		case '\r':
+			b.WriteString(`\r`)
+		case '"':
+			b.WriteString(`\"`)
+		case '\\':
+			b.WriteString(`\\`)
+		default:
+			if c < 0x20 || c == 0x7f {
+				fmt.Fprintf(&b, `\%03o`, c)
+			} else {
+				b.WriteByte(c)
+			}
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/layers-storage/layers/store"
+)
+
+// imageJSON is an image in `images --format json`: the contract's fields,
+// which never change meaning.
+type imageJSON struct {
+	ID      string    `json:"id"`
+	Names   []string  `json:"names"`
+	Digest  string    `json:"digest"`
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+	Layers  []string  `json:"layers"`
+}
+
+func toImageJSON(img *store.Image) imageJSON {
+	j := imageJSON{ID: img.ID, Names: img.Names, Digest: img.Digest.String(), Size: img.Size, Created: img.Created, Layers: img.Layers}
+	if j.Names == nil {
+		j.Names = []string{}
+	}
+	if j.Layers == nil {
+		j.Layers = []string{}
+	}
+	return j
+}
+
+func (a *app) addImageCommands(root *cobra.Command) {
+	var lf listFlags
+	images := &cobra.Command{
+		Use:   "images",
+		Short: "List images",
+		Args:  cobra.NoArgs,
+		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, _ []string) error {
+			asJSON, err := lf.json()
+			if err != nil {
+				return err
+			}
+			imgs, err := st.Images()
+			if err != nil {
+				return fmt.Errorf("list images: %w", err)
+			}
+			return a.printImages(imgs, &lf, asJSON)
+		}),
+	}
+	lf.add(images, true)
+
+	tag := &cobra.Command{
+		Use:   "tag IMAGE REF",
+		Short: "Give an image a name (moving it from the image that had it)",
+		Args:  cobra.ExactArgs(2),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			return st.Tag(args[0], args[1])
+		}),
+		ValidArgsFunction: a.completeImages,
+	}
+
+	var force bool
+	rmi := &cobra.Command{
+		Use:   "rmi [-f] IMAGE...",
+		Short: "Remove images (an image's ID removes all its names; one of several names only untags)",
+		Long: `Remove images and the layers that nothing else uses.
+
+IMAGE is an ID, a unique ID prefix, a name or a digest. An image that a
+container uses is refused unless -f, which removes the image record and
+leaves the container its layers. Naming one of several names of an image
+removes that name only, as docker does.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			var errs []error
+			for _, ref := range args {
+				if err := removeImage(st, ref, force); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			return joinOneLine(errs)
+		}),
+		ValidArgsFunction: a.completeImages,
+	}
+	rmi.Flags().BoolVarP(&force, "force", "f", false, "remove images that containers use")
+
+	root.AddCommand(images, tag, rmi)
+}
+
+// removeImage removes image ref, or only the name ref when it is one of
+// several names of its image.
+func removeImage(st *store.Store, ref string, force bool) error {
+	img, err := st.Image(ref)
+	if err != nil {
+		return fmt.Errorf("remove image: %w", err)
+	}
+	if name, nerr := store.NormalizeName(ref); nerr == nil && len(img.Names) > 1 && slices.Contains(img.Names, name) {
+		return st.Untag(name)
+	}
+	// By ID from here: the name may have moved meanwhile.
+	_, err = st.RemoveImage(img.ID, force)
+	return err
+}
+
+// joinOneLine makes one error of several, each on the same line, so that
+// a verb given several arguments still reports one stderr line.
+func joinOneLine(errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(errs)-1, strings.Join(msgs[1:], "; "))
+}
+
+func (a *app) printImages(imgs []*store.Image, lf *listFlags, asJSON bool) error {
+	if asJSON {
+		out := make([]imageJSON, 0, len(imgs))
+		for _, img := range imgs {
+			out = append(out, toImageJSON(img))
+		}
+		return writeJSON(a.stdout, out)
+	}
+	if a.quiet {
+		for _, img := range imgs {
+			fmt.Fprintln(a.stdout, lf.id(img.ID))
+		}
+		return nil
+	}
+	now := time.Now()
+	t := newTable(a.stdout, "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "LAYERS")
+	for _, img := range imgs {
+		names := img.Names
+		if len(names) == 0 {
+			names = []string{""}
+		}
+		for _, n := range names {
+			repo, tag := splitName(n)
+			t.row(repo, tag, lf.id(img.ID), ago(img.Created, now), humanSize(img.Size), fmt.Sprint(len(img.Layers)))
+		}
+	}
+	return t.flush()
+}
+
+// splitName splits a normalised name into repository and tag ("<none>"
+// for what is missing, as docker prints it).
+func splitName(name string) (repo, tag string) {
+	if name == "" {
+		return "<none>", "<none>"
+	}
+	repo, _, _ = strings.Cut(name, "@")
+	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+		return repo[:i], repo[i+1:]
+	}
+	return repo, "<none>"
+}
+
+// completeImages offers image names and short IDs for shell completion.
+func (a *app) completeImages(_ *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
+	st, err := a.store()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	imgs, err := st.Images()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, img := range imgs {
+		out = append(out, img.Names...)
+		out = append(out, shortID(img.ID))
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
