@@ -270,11 +270,34 @@ func lowerCases() []lowerCase {
 				wantDirAttrs(t, top, 0o750, 7, 7, DefaultMtime)
 			},
 		},
+		deepCase(),
 		{
 			name:   "WhiteoutOfDirHoldingCopiedUpTarget",
 			lowers: [][]Entry{{Dir("d", 0o755), Dir("d/e", 0o755), File("d/e/f", "f", 0o644), File("d/g", "g", 0o644)}},
 			top:    []Entry{Hardlink("h", "d/e/f"), Whiteout("d"), Dir("d", 0o700), File("d/n", "n", 0o644)},
 		},
+	}
+}
+
+// deepCase has lower directories nested beyond PATH_MAX, reached by the
+// top layer through a lower symlink and as implicit parents, and a
+// hardlink to a file down there.
+func deepCase() lowerCase {
+	var lower []Entry
+	p, mid := "deep", ""
+	lower = append(lower, Dir(p, 0o755))
+	for i := 0; len(p) < 5000; i++ {
+		p += fmt.Sprintf("/level-%03d-xxxxxxxxxxxx", i)
+		lower = append(lower, Dir(p, 0o700+int64(i%2)*0o50, Owner(i%3, i%5)))
+		if len(p) < 3000 {
+			mid = p // a symlink target is at most PATH_MAX long
+		}
+	}
+	lower = append(lower, File(p+"/f", "deep", 0o644), Symlink("short", mid))
+	return lowerCase{
+		name:   "BeyondPathMax",
+		lowers: [][]Entry{lower},
+		top:    []Entry{File("short/x", "x", 0o644), File("short"+p[len(mid):]+"/z", "z", 0o644), File(p+"/sub/y", "y", 0o644), Hardlink("h", p+"/f"), Whiteout(p + "/f")},
 	}
 }
 
