@@ -73,7 +73,7 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 	if id, err = s.resolveMountable(ref); err != nil {
 		return "", "", nil, err
 	}
-	l, err := s.layerRow(s.db, id)
+	l, err := s.layerRow(s.q, id)
 	if err != nil {
 		return "", "", nil, err
 	}

@@ -131,7 +131,7 @@ func (s *Store) checkLocked(r *Report) error {
 	type row struct{ id, state string }
 	var rows []row
 	known := map[string]bool{}
-	q, err := s.db.Query(`SELECT id, state FROM layers ORDER BY created, id`)
+	q, err := s.q.Query(`SELECT id, state FROM layers ORDER BY created, id`)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
@@ -164,7 +164,7 @@ func (s *Store) checkLocked(r *Report) error {
 		return err
 	}
 
-	imgs, err := s.imagesWhere(s.db, ``)
+	imgs, err := s.imagesWhere(s.q, ``)
 	if err != nil {
 		return err
 	}
@@ -200,7 +200,7 @@ func (s *Store) checkLocked(r *Report) error {
 // With fix, stale counts are reset and leaked mounts undone. Under the
 // store lock.
 func (s *Store) checkMounts(r *Report, fix bool) error {
-	rows, err := s.db.Query(`SELECT layer_id, count, path, kernel FROM mounts WHERE count > 0 ORDER BY layer_id`)
+	rows, err := s.q.Query(`SELECT layer_id, count, path, kernel FROM mounts WHERE count > 0 ORDER BY layer_id`)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
@@ -226,7 +226,7 @@ func (s *Store) checkMounts(r *Report, fix bool) error {
 		}
 		r.add(ProblemStaleMount, x.id, "counted %d mounts, but %s is not mounted", x.m.count, x.m.path)
 		if fix {
-			if _, err := s.db.Exec(`UPDATE mounts SET count = 0 WHERE layer_id = ?`, x.id); err != nil {
+			if _, err := s.q.Exec(`UPDATE mounts SET count = 0 WHERE layer_id = ?`, x.id); err != nil {
 				return fmt.Errorf("database: %w", noSpace(err))
 			}
 		}
@@ -368,13 +368,13 @@ func (s *Store) Repair(ctx context.Context, opts RepairOptions) (*Report, error)
 		switch p.Kind {
 		case ProblemLeftover:
 			var state string
-			if err = s.db.QueryRow(`SELECT state FROM layers WHERE id = ?`, p.ID).Scan(&state); err == nil &&
+			if err = s.q.QueryRow(`SELECT state FROM layers WHERE id = ?`, p.ID).Scan(&state); err == nil &&
 				(state != "incomplete" || !s.layerBeingApplied(p.ID)) {
 				err = s.dropLayer(p.ID)
 			}
 		case ProblemOrphanData:
 			var n int
-			if err = s.db.QueryRow(`SELECT COUNT(*) FROM layers WHERE id = ?`, p.ID).Scan(&n); err == nil && n == 0 {
+			if err = s.q.QueryRow(`SELECT COUNT(*) FROM layers WHERE id = ?`, p.ID).Scan(&n); err == nil && n == 0 {
 				err = s.driver.Remove(p.ID)
 			}
 		case ProblemStaleMount, ProblemLeakedMount:
@@ -413,7 +413,7 @@ func (s *Store) removeOrphanBlob(name string) error {
 	if !strings.HasPrefix(name, ".tmp-") {
 		var n int
 		d := "sha256:" + name
-		if err := s.db.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ? OR digest = ?`, name, d).Scan(&n); err != nil {
+		if err := s.q.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ? OR digest = ?`, name, d).Scan(&n); err != nil {
 			return err
 		}
 		if n > 0 {
@@ -433,7 +433,7 @@ func (s *Store) removeWithDependents(id string) error {
 	// Descendants, deepest last.
 	ids := []string{id}
 	for i := 0; i < len(ids); i++ {
-		rows, err := s.db.Query(`SELECT id FROM layers WHERE parent = ?`, ids[i])
+		rows, err := s.q.Query(`SELECT id FROM layers WHERE parent = ?`, ids[i])
 		if err != nil {
 			return err
 		}
@@ -447,13 +447,13 @@ func (s *Store) removeWithDependents(id string) error {
 	}
 	for _, l := range ids {
 		var cid string
-		if err := s.db.QueryRow(`SELECT id FROM containers WHERE layer_id = ?`, l).Scan(&cid); err == nil {
+		if err := s.q.QueryRow(`SELECT id FROM containers WHERE layer_id = ?`, l).Scan(&cid); err == nil {
 			_ = s.unmountLayer(l, true)
-			if _, err := s.db.Exec(`DELETE FROM containers WHERE id = ?`, cid); err != nil {
+			if _, err := s.q.Exec(`DELETE FROM containers WHERE id = ?`, cid); err != nil {
 				return err
 			}
 		}
-		rows, err := s.db.Query(`SELECT DISTINCT image_id FROM image_layers WHERE layer_id = ? UNION SELECT id FROM images WHERE top_layer = ?`, l, l)
+		rows, err := s.q.Query(`SELECT DISTINCT image_id FROM image_layers WHERE layer_id = ? UNION SELECT id FROM images WHERE top_layer = ?`, l, l)
 		if err != nil {
 			return err
 		}
@@ -483,7 +483,7 @@ func (s *Store) removeWithDependents(id string) error {
 // removeImageForce removes image id's record, names and blobs, leaving
 // its layers (Prune removes them). Under the store lock.
 func (s *Store) removeImageForce(id string) error {
-	img, err := s.imageByID(s.db, id)
+	img, err := s.imageByID(s.q, id)
 	if errors.Is(err, ErrImageUnknown) {
 		return nil
 	}

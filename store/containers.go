@@ -72,7 +72,7 @@ func (s *Store) Container(ref string) (*Container, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	return s.resolveContainer(s.db, ref)
+	return s.resolveContainer(s.q, ref)
 }
 
 // Containers returns every container, oldest first.
@@ -80,7 +80,7 @@ func (s *Store) Containers() ([]*Container, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.Query(`SELECT ` + containerColumns + containerFrom + ` ORDER BY c.created, c.id`)
+	rows, err := s.q.Query(`SELECT ` + containerColumns + containerFrom + ` ORDER BY c.created, c.id`)
 	if err != nil {
 		return nil, fmt.Errorf("database: containers: %w", err)
 	}
@@ -127,17 +127,17 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	defer unlock()
-	img, err := s.resolveImage(s.db, imageRef)
+	img, err := s.resolveImage(s.q, imageRef)
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	if opts.Name != "" {
-		if c, err := s.resolveContainer(s.db, opts.Name); err == nil && c.Name == opts.Name {
+		if c, err := s.resolveContainer(s.q, opts.Name); err == nil && c.Name == opts.Name {
 			return nil, fmt.Errorf("create container: %w: %q is container %s", ErrNameInUse, opts.Name, c.ID)
 		}
 	}
 	var exists int
-	if err := s.db.QueryRow(`SELECT COUNT(*) FROM containers WHERE id = ?`, id).Scan(&exists); err != nil || exists > 0 {
+	if err := s.q.QueryRow(`SELECT COUNT(*) FROM containers WHERE id = ?`, id).Scan(&exists); err != nil || exists > 0 {
 		return nil, fmt.Errorf("create container: container %s exists already (%v)", id, err)
 	}
 	layerID := newID()
@@ -153,7 +153,7 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 	if opts.Name != "" {
 		name = opts.Name
 	}
-	err = s.tx(func(tx *sql.Tx) error {
+	err = s.tx(func(tx querier) error {
 		if err := completeLayer(tx, layerID, "", "", 0, 0); err != nil {
 			return err
 		}
@@ -168,7 +168,7 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		return nil, fmt.Errorf("create container: %w", s.discardLayer(layerID, err))
 	}
 	s.crashPoint("container-created")
-	return s.resolveContainer(s.db, id)
+	return s.resolveContainer(s.q, id)
 }
 
 // RemoveContainer removes container ref and its read-write layer,
@@ -180,7 +180,7 @@ func (s *Store) RemoveContainer(ref string, force bool) error {
 		return fmt.Errorf("remove container %s: %w", ref, err)
 	}
 	defer unlock()
-	c, err := s.resolveContainer(s.db, ref)
+	c, err := s.resolveContainer(s.q, ref)
 	if err != nil {
 		return fmt.Errorf("remove container: %w", err)
 	}
@@ -189,7 +189,7 @@ func (s *Store) RemoveContainer(ref string, force bool) error {
 	}
 	// One transaction: the container goes and its layer is marked, so a
 	// crash leaves a "removing" layer that recovery deletes.
-	err = s.tx(func(tx *sql.Tx) error {
+	err = s.tx(func(tx querier) error {
 		if _, err := tx.Exec(`DELETE FROM containers WHERE id = ?`, c.ID); err != nil {
 			return err
 		}
@@ -217,11 +217,11 @@ func (s *Store) SetContainerMetadata(ref string, meta json.RawMessage) error {
 		return fmt.Errorf("set metadata of container %s: %w", ref, err)
 	}
 	defer unlock()
-	c, err := s.resolveContainer(s.db, ref)
+	c, err := s.resolveContainer(s.q, ref)
 	if err != nil {
 		return fmt.Errorf("set metadata: %w", err)
 	}
-	if _, err := s.db.Exec(`UPDATE containers SET metadata = ? WHERE id = ?`, string(meta), c.ID); err != nil {
+	if _, err := s.q.Exec(`UPDATE containers SET metadata = ? WHERE id = ?`, string(meta), c.ID); err != nil {
 		return fmt.Errorf("set metadata of container %s: %w", c.ID, noSpace(err))
 	}
 	return nil

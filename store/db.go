@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // the database/sql driver "sqlite": pure Go, so static binaries work
@@ -163,7 +164,98 @@ func withTx(db *sql.DB, f func(tx *sql.Tx) error) error {
 	return noSpace(tx.Commit())
 }
 
-func (s *Store) tx(f func(tx *sql.Tx) error) error { return withTx(s.db, f) }
+// tx runs f in one transaction whose statements come from the cache.
+func (s *Store) tx(f func(tx querier) error) error {
+	return withTx(s.db, func(tx *sql.Tx) error { return f(cachedTx{tx: tx, c: s.q}) })
+}
+
+// stmtCache keeps a prepared statement per query text: SQLite's parser is
+// a large share of a small operation's cost (a third of a container's
+// create-mount-unmount-remove), and the store runs the same few dozen
+// queries over and over. database/sql prepares each statement once per
+// connection it runs on.
+type stmtCache struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+func newStmtCache(db *sql.DB) *stmtCache {
+	return &stmtCache{db: db, m: make(map[string]*sql.Stmt)}
+}
+
+// stmt returns the prepared statement of q, nil when it cannot be
+// prepared (the caller runs q unprepared and gets the error from there).
+func (c *stmtCache) stmt(q string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[q]; ok {
+		return st
+	}
+	st, err := c.db.Prepare(q)
+	if err != nil {
+		return nil
+	}
+	c.m[q] = st
+	return st
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	clear(c.m)
+}
+
+func (c *stmtCache) QueryRow(q string, args ...any) *sql.Row {
+	if st := c.stmt(q); st != nil {
+		return st.QueryRow(args...)
+	}
+	return c.db.QueryRow(q, args...)
+}
+
+func (c *stmtCache) Query(q string, args ...any) (*sql.Rows, error) {
+	if st := c.stmt(q); st != nil {
+		return st.Query(args...)
+	}
+	return c.db.Query(q, args...)
+}
+
+func (c *stmtCache) Exec(q string, args ...any) (sql.Result, error) {
+	if st := c.stmt(q); st != nil {
+		return st.Exec(args...)
+	}
+	return c.db.Exec(q, args...)
+}
+
+// cachedTx runs a transaction's statements from the cache.
+type cachedTx struct {
+	tx *sql.Tx
+	c  *stmtCache
+}
+
+func (t cachedTx) QueryRow(q string, args ...any) *sql.Row {
+	if st := t.c.stmt(q); st != nil {
+		return t.tx.Stmt(st).QueryRow(args...)
+	}
+	return t.tx.QueryRow(q, args...)
+}
+
+func (t cachedTx) Query(q string, args ...any) (*sql.Rows, error) {
+	if st := t.c.stmt(q); st != nil {
+		return t.tx.Stmt(st).Query(args...)
+	}
+	return t.tx.Query(q, args...)
+}
+
+func (t cachedTx) Exec(q string, args ...any) (sql.Result, error) {
+	if st := t.c.stmt(q); st != nil {
+		return t.tx.Stmt(st).Exec(args...)
+	}
+	return t.tx.Exec(q, args...)
+}
 
 func (s *Store) meta(key string) (string, error) {
 	var v string

@@ -74,10 +74,10 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 	var topLayer string
 	var chain []*Layer
 	if opts.TopLayer != "" {
-		if topLayer, err = s.resolveLayer(s.db, opts.TopLayer); err != nil {
+		if topLayer, err = s.resolveLayer(s.q, opts.TopLayer); err != nil {
 			return nil, fmt.Errorf("create image %s: %w", id, err)
 		}
-		if chain, err = s.layerChain(s.db, topLayer); err != nil {
+		if chain, err = s.layerChain(s.q, topLayer); err != nil {
 			return nil, fmt.Errorf("create image %s: %w", id, err)
 		}
 	}
@@ -97,7 +97,7 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 			continue
 		}
 		d := digest.FromBytes(b)
-		if _, err := s.db.Exec(`INSERT OR IGNORE INTO blob_gc (digest) VALUES (?)`, d.String()); err != nil {
+		if _, err := s.q.Exec(`INSERT OR IGNORE INTO blob_gc (digest) VALUES (?)`, d.String()); err != nil {
 			return nil, fmt.Errorf("create image %s: %w", id, noSpace(err))
 		}
 		blobs = append(blobs, d)
@@ -106,7 +106,7 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		}
 	}
 	s.crashPoint("image-blobs-written")
-	err = s.tx(func(tx *sql.Tx) error {
+	err = s.tx(func(tx querier) error {
 		var exists int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ?`, id).Scan(&exists); err != nil {
 			return err
@@ -145,7 +145,7 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create image %s: %w", id, errors.Join(err, s.gcBlobs()))
 	}
-	return s.imageByID(s.db, id)
+	return s.imageByID(s.q, id)
 }
 
 // checkDiffIDs compares a config's diff_ids with the layer chain.
@@ -181,7 +181,7 @@ func (s *Store) layerChain(q querier, top string) ([]*Layer, error) {
 	return chain, nil
 }
 
-func setName(tx *sql.Tx, name, id string) error {
+func setName(tx querier, name, id string) error {
 	_, err := tx.Exec(`INSERT INTO image_names (name, image_id) VALUES (?, ?)
 		ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id`, name, id)
 	return err
@@ -319,7 +319,7 @@ func (s *Store) Image(ref string) (*Image, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	return s.resolveImage(s.db, ref)
+	return s.resolveImage(s.q, ref)
 }
 
 // Images returns every image, oldest first.
@@ -327,7 +327,7 @@ func (s *Store) Images() ([]*Image, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	imgs, err := s.imagesWhere(s.db, ``)
+	imgs, err := s.imagesWhere(s.q, ``)
 	if imgs == nil && err == nil {
 		imgs = []*Image{}
 	}
@@ -368,11 +368,11 @@ func (s *Store) Tag(ref, name string) error {
 		return fmt.Errorf("tag %s: %w", ref, err)
 	}
 	defer unlock()
-	img, err := s.resolveImage(s.db, ref)
+	img, err := s.resolveImage(s.q, ref)
 	if err != nil {
 		return fmt.Errorf("tag: %w", err)
 	}
-	if err := s.tx(func(tx *sql.Tx) error { return setName(tx, full, img.ID) }); err != nil {
+	if err := s.tx(func(tx querier) error { return setName(tx, full, img.ID) }); err != nil {
 		return fmt.Errorf("tag %s %s: %w", img.ID, full, err)
 	}
 	return nil
@@ -390,7 +390,7 @@ func (s *Store) Untag(name string) error {
 		return fmt.Errorf("untag %s: %w", full, err)
 	}
 	defer unlock()
-	res, err := s.db.Exec(`DELETE FROM image_names WHERE name = ?`, full)
+	res, err := s.q.Exec(`DELETE FROM image_names WHERE name = ?`, full)
 	if err != nil {
 		return fmt.Errorf("untag %s: %w", full, noSpace(err))
 	}
@@ -411,12 +411,12 @@ func (s *Store) RemoveImage(ref string, force bool) ([]string, error) {
 		return nil, fmt.Errorf("remove image %s: %w", ref, err)
 	}
 	defer unlock()
-	img, err := s.resolveImage(s.db, ref)
+	img, err := s.resolveImage(s.q, ref)
 	if err != nil {
 		return nil, fmt.Errorf("remove image: %w", err)
 	}
 	var users []string
-	rows, err := s.db.Query(`SELECT id FROM containers WHERE image_id = ? ORDER BY id`, img.ID)
+	rows, err := s.q.Query(`SELECT id FROM containers WHERE image_id = ? ORDER BY id`, img.ID)
 	if err != nil {
 		return nil, fmt.Errorf("remove image %s: database: %w", img.ID, err)
 	}
@@ -472,7 +472,7 @@ func (s *Store) removeUnused(chain []string) ([]string, error) {
 // deleteImageRow deletes image img's row (its names and layer list go
 // with it) and records its blobs for deletion, in one transaction.
 func (s *Store) deleteImageRow(img *Image) error {
-	return s.tx(func(tx *sql.Tx) error {
+	return s.tx(func(tx querier) error {
 		if _, err := tx.Exec(`DELETE FROM images WHERE id = ?`, img.ID); err != nil {
 			return err
 		}
@@ -492,7 +492,7 @@ func (s *Store) deleteImageRow(img *Image) error {
 // gcBlobs deletes the blobs recorded in blob_gc that no image references
 // and forgets the records. Under the store lock.
 func (s *Store) gcBlobs() error {
-	rows, err := s.db.Query(`SELECT digest FROM blob_gc`)
+	rows, err := s.q.Query(`SELECT digest FROM blob_gc`)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
@@ -510,7 +510,7 @@ func (s *Store) gcBlobs() error {
 			continue
 		}
 		var n int
-		if err := s.db.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ? OR digest = ?`, dg.Encoded(), d).Scan(&n); err != nil {
+		if err := s.q.QueryRow(`SELECT COUNT(*) FROM images WHERE id = ? OR digest = ?`, dg.Encoded(), d).Scan(&n); err != nil {
 			return fmt.Errorf("database: %w", err)
 		}
 		if n == 0 {
@@ -518,7 +518,7 @@ func (s *Store) gcBlobs() error {
 				return err
 			}
 		}
-		if _, err := s.db.Exec(`DELETE FROM blob_gc WHERE digest = ?`, d); err != nil {
+		if _, err := s.q.Exec(`DELETE FROM blob_gc WHERE digest = ?`, d); err != nil {
 			return fmt.Errorf("database: %w", noSpace(err))
 		}
 	}

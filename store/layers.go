@@ -76,7 +76,7 @@ func (s *Store) loadBlobs(ls ...*Layer) error {
 		q += ` WHERE layer_id = ?`
 		args = append(args, ls[0].ID)
 	}
-	rows, err := s.db.Query(q+` ORDER BY layer_id, digest`, args...)
+	rows, err := s.q.Query(q+` ORDER BY layer_id, digest`, args...)
 	if err != nil {
 		return fmt.Errorf("database: layer blobs: %w", err)
 	}
@@ -165,11 +165,11 @@ func (s *Store) Layer(ref string) (*Layer, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	id, err := s.resolveLayer(s.db, ref)
+	id, err := s.resolveLayer(s.q, ref)
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.layerRow(s.db, id)
+	l, err := s.layerRow(s.q, id)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,7 @@ func (s *Store) layersWhere(cond string, args ...any) ([]*Layer, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.Query(`SELECT `+layerColumns+` FROM layers WHERE state = 'complete'`+cond+` ORDER BY created, id`, args...)
+	rows, err := s.q.Query(`SELECT `+layerColumns+` FROM layers WHERE state = 'complete'`+cond+` ORDER BY created, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("database: layers: %w", err)
 	}
@@ -270,10 +270,10 @@ func (s *Store) CreateLayer(parent string, opts *LayerOptions) (*Layer, error) {
 	if err := s.fillEmpty(id, parentID, kind); err != nil {
 		return nil, fmt.Errorf("create layer %s: %w", id, s.discardLayer(id, err))
 	}
-	if err := s.tx(func(tx *sql.Tx) error { return completeLayer(tx, id, "", "", 0, 0) }); err != nil {
+	if err := s.tx(func(tx querier) error { return completeLayer(tx, id, "", "", 0, 0) }); err != nil {
 		return nil, fmt.Errorf("create layer %s: %w", id, s.discardLayer(id, err))
 	}
-	l, err := s.layerRow(s.db, id)
+	l, err := s.layerRow(s.q, id)
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +299,7 @@ func (s *Store) fillEmpty(id, parent string, kind LayerKind) error {
 // the store lock. It returns the parent's full ID.
 func (s *Store) startLayer(id, parent string, kind LayerKind) (string, error) {
 	var parentID string
-	err := s.tx(func(tx *sql.Tx) error {
+	err := s.tx(func(tx querier) error {
 		if parent != "" {
 			var err error
 			if parentID, err = s.resolveLayer(tx, parent); err != nil {
@@ -321,7 +321,7 @@ func (s *Store) startLayer(id, parent string, kind LayerKind) (string, error) {
 }
 
 // completeLayer marks layer id complete with its digests and sizes.
-func completeLayer(tx *sql.Tx, id string, diffID, chainID digest.Digest, tarSize, size int64) error {
+func completeLayer(tx querier, id string, diffID, chainID digest.Digest, tarSize, size int64) error {
 	res, err := tx.Exec(`UPDATE layers SET state = 'complete', diff_id = ?, chain_id = ?, tar_size = ?, size = ? WHERE id = ? AND state = 'incomplete'`,
 		diffID.String(), chainID.String(), tarSize, size, id)
 	if err != nil {
@@ -354,7 +354,7 @@ func (s *Store) dropLayer(id string) error {
 		return err
 	}
 	s.crashPoint("drop-data-removed")
-	_, err := s.db.Exec(`DELETE FROM layers WHERE id = ?`, id)
+	_, err := s.q.Exec(`DELETE FROM layers WHERE id = ?`, id)
 	return noSpace(err)
 }
 
@@ -447,7 +447,7 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 	}
 	var chainID digest.Digest
 	var existing string
-	err = s.tx(func(tx *sql.Tx) error {
+	err = s.tx(func(tx querier) error {
 		if parentID != "" {
 			var pc string
 			if err := tx.QueryRow(`SELECT chain_id FROM layers WHERE id = ?`, parentID).Scan(&pc); err != nil {
@@ -483,13 +483,13 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 		}
 		id = existing
 		if opts.Blob != nil {
-			if err := s.tx(func(tx *sql.Tx) error { return addBlob(tx, id, opts.Blob) }); err != nil {
+			if err := s.tx(func(tx querier) error { return addBlob(tx, id, opts.Blob) }); err != nil {
 				return nil, fmt.Errorf("apply layer: record blob of %s: %w", id, err)
 			}
 		}
 	}
 	s.crashPoint("apply-completed")
-	l, err := s.layerRow(s.db, id)
+	l, err := s.layerRow(s.q, id)
 	if err != nil {
 		return nil, err
 	}
@@ -508,7 +508,7 @@ func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, o
 	if err != nil {
 		return diff.ApplyResult{}, fmt.Errorf("record tar layout: %w", err)
 	}
-	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts.rc, diff.ApplyOptions{Warn: opts.Warn})
+	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts, diff.ApplyOptions{Warn: opts.Warn})
 	if err != nil {
 		ts.abort()
 		return res, err
@@ -550,7 +550,7 @@ func (s *Store) AddLayerBlob(id string, b Blob) error {
 		return fmt.Errorf("add blob to layer %s: %w", id, err)
 	}
 	defer unlock()
-	err = s.tx(func(tx *sql.Tx) error {
+	err = s.tx(func(tx querier) error {
 		full, err := s.resolveLayer(tx, id)
 		if err != nil {
 			return err
@@ -563,7 +563,7 @@ func (s *Store) AddLayerBlob(id string, b Blob) error {
 	return nil
 }
 
-func addBlob(tx *sql.Tx, id string, b *Blob) error {
+func addBlob(tx querier, id string, b *Blob) error {
 	if b == nil {
 		return nil
 	}
@@ -586,7 +586,7 @@ func (s *Store) RemoveLayer(ref string, force bool) error {
 		return fmt.Errorf("remove layer %s: %w", ref, err)
 	}
 	defer unlock()
-	id, err := s.resolveLayer(s.db, ref)
+	id, err := s.resolveLayer(s.q, ref)
 	if err != nil {
 		return fmt.Errorf("remove layer: %w", err)
 	}
@@ -610,7 +610,7 @@ func (s *Store) RemoveLayer(ref string, force bool) error {
 // layers, images, containers.
 func (s *Store) layerUsers(id string) (string, error) {
 	var what string
-	err := s.db.QueryRow(`
+	err := s.q.QueryRow(`
 		SELECT 'layer ' || id || ' is its child' FROM layers WHERE parent = ?1
 		UNION ALL SELECT 'image ' || image_id || ' uses it' FROM image_layers WHERE layer_id = ?1
 		UNION ALL SELECT 'image ' || id || ' uses it' FROM images WHERE top_layer = ?1
@@ -628,7 +628,7 @@ func (s *Store) layerUsers(id string) (string, error) {
 // deleteLayer removes a complete layer nothing uses: marked removing,
 // data deleted (which unmounts it), row deleted. Under the store lock.
 func (s *Store) deleteLayer(id string) error {
-	if _, err := s.db.Exec(`UPDATE layers SET state = 'removing' WHERE id = ?`, id); err != nil {
+	if _, err := s.q.Exec(`UPDATE layers SET state = 'removing' WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("database: %w", noSpace(err))
 	}
 	s.crashPoint("remove-marked")
@@ -696,7 +696,7 @@ func (s *Store) layerBeingApplied(id string) bool {
 // applying, layers marked removing, lock files of layers that are gone.
 // Under the store lock.
 func (s *Store) recover() error {
-	rows, err := s.db.Query(`SELECT id, state FROM layers WHERE state != 'complete' ORDER BY created DESC`)
+	rows, err := s.q.Query(`SELECT id, state FROM layers WHERE state != 'complete' ORDER BY created DESC`)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}

@@ -55,7 +55,7 @@ func (m mountRow) stale() bool {
 // mountCount returns layer id's mount count, reconciled with the kernel,
 // and its mount path.
 func (s *Store) mountCount(id string) (int, string, error) {
-	m, err := s.readMount(s.db, id)
+	m, err := s.readMount(s.q, id)
 	if err != nil {
 		return 0, "", err
 	}
@@ -89,14 +89,14 @@ func (s *Store) Mount(ref string) (string, error) {
 // resolveMountable returns the layer ID of container ref, or else of
 // layer ref.
 func (s *Store) resolveMountable(ref string) (string, error) {
-	c, err := s.resolveContainer(s.db, ref)
+	c, err := s.resolveContainer(s.q, ref)
 	if err == nil {
 		return c.Layer, nil
 	}
 	if !errors.Is(err, ErrContainerUnknown) {
 		return "", err
 	}
-	id, lerr := s.resolveLayer(s.db, ref)
+	id, lerr := s.resolveLayer(s.q, ref)
 	if errors.Is(lerr, ErrLayerUnknown) {
 		return "", fmt.Errorf("%q is neither a container nor a layer: %w", ref, errors.Join(ErrContainerUnknown, ErrLayerUnknown))
 	}
@@ -105,7 +105,7 @@ func (s *Store) resolveMountable(ref string) (string, error) {
 
 // mountLayer counts one more mount of layer id. Under the store lock.
 func (s *Store) mountLayer(id string) (string, error) {
-	m, err := s.readMount(s.db, id)
+	m, err := s.readMount(s.q, id)
 	if err != nil {
 		return "", err
 	}
@@ -121,7 +121,7 @@ func (s *Store) mountLayer(id string) (string, error) {
 		m.kernel, _ = mountinfo.Mounted(p)
 	}
 	s.crashPoint("mount-got")
-	_, err = s.db.Exec(`INSERT INTO mounts (layer_id, count, path, kernel) VALUES (?, ?, ?, ?)
+	_, err = s.q.Exec(`INSERT INTO mounts (layer_id, count, path, kernel) VALUES (?, ?, ?, ?)
 		ON CONFLICT (layer_id) DO UPDATE SET count = excluded.count, path = excluded.path, kernel = excluded.kernel`,
 		id, m.count+1, m.path, m.kernel)
 	if err != nil {
@@ -153,7 +153,7 @@ func (s *Store) Unmount(ref string, force bool) error {
 // unmountLayer counts one mount of layer id less (all with force) and
 // unmounts at zero. Under the store lock.
 func (s *Store) unmountLayer(id string, force bool) error {
-	m, err := s.readMount(s.db, id)
+	m, err := s.readMount(s.q, id)
 	if err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func (s *Store) unmountLayer(id string, force bool) error {
 		err, n = nil, 0
 	}
 	s.crashPoint("unmount-put")
-	if _, uerr := s.db.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, max(n, 0), id); uerr != nil {
+	if _, uerr := s.q.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, max(n, 0), id); uerr != nil {
 		return fmt.Errorf("database: %w", noSpace(uerr))
 	}
 	if err != nil {

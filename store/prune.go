@@ -25,7 +25,7 @@ func (s *Store) Prune(ctx context.Context) (*PruneReport, error) {
 	rep := &PruneReport{Layers: []string{}}
 	for {
 		// Leaves first: removing a leaf may make its parent one.
-		rows, err := s.db.Query(`SELECT id, size FROM layers l WHERE state = 'complete'
+		rows, err := s.q.Query(`SELECT id, size FROM layers l WHERE state = 'complete'
 			AND NOT EXISTS (SELECT 1 FROM layers c WHERE c.parent = l.id)
 			AND NOT EXISTS (SELECT 1 FROM image_layers il WHERE il.layer_id = l.id)
 			AND NOT EXISTS (SELECT 1 FROM images i WHERE i.top_layer = l.id)

@@ -184,6 +184,7 @@ type Store struct {
 	sync          bool
 	driver        graphdriver.Driver
 	db            *sql.DB
+	q             *stmtCache // statements on db
 	lockFile      *os.File
 	crashAt       string // test hook, see crashPoint
 
@@ -253,6 +254,7 @@ func (s *Store) open(want string, driverOpts map[string]string) error {
 	if s.db, err = openDB(filepath.Join(s.root, "layers.db")); err != nil {
 		return err
 	}
+	s.q = newStmtCache(s.db)
 	if err := migrate(s.db); err != nil {
 		return err
 	}
@@ -328,6 +330,9 @@ func (s *Store) Close() error {
 
 func (s *Store) closeAll() error {
 	var errs []error
+	if s.q != nil {
+		s.q.close()
+	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
 	}

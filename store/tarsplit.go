@@ -33,16 +33,26 @@ func (s *Store) tarSplitPath(id string) string {
 }
 
 // tarSplitter records the layout of the tar stream it passes through.
+// The applier reads the stream straight from its source; what it reads
+// is copied, in chunks over a buffered channel, to tar-split's parser in
+// a goroutine of its own, so that parsing runs beside applying instead of
+// in lockstep with it (a plain pipe would make every read of the applier
+// wait for the parser).
 type tarSplitter struct {
-	f    *os.File
-	zw   *gzip.Writer
-	rc   io.ReadCloser // the stream, passing through tar-split
-	done <-chan error
+	src    io.Reader
+	chunks chan []byte
+	f      *os.File
+	zw     *gzip.Writer
+	done   chan error // the parser's result
+	closed bool
 }
 
-// newTarSplitter opens layer id's layout file and returns a recorder of
-// the uncompressed tar r.
-func (s *Store) newTarSplitter(id string, r io.Reader) (*tarSplitter, error) {
+// chunkQueue bounds the memory of data read but not yet parsed.
+const chunkQueue = 64
+
+// newTarSplitter opens layer id's layout file and starts a recorder of
+// the uncompressed tar src; read the stream through the tarSplitter.
+func (s *Store) newTarSplitter(id string, src io.Reader) (*tarSplitter, error) {
 	if err := os.MkdirAll(filepath.Dir(s.tarSplitPath(id)), 0o700); err != nil {
 		return nil, noSpace(err)
 	}
@@ -51,24 +61,46 @@ func (s *Store) newTarSplitter(id string, r io.Reader) (*tarSplitter, error) {
 		return nil, noSpace(err)
 	}
 	zw, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
-	rc, done, err := asm.NewInputTarStreamWithDone(r, storage.NewJSONPacker(zw), nil)
-	if err != nil {
-		f.Close()
-		return nil, err
+	t := &tarSplitter{src: src, chunks: make(chan []byte, chunkQueue), f: f, zw: zw, done: make(chan error, 1)}
+	go func() {
+		cr := &chunkReader{chunks: t.chunks}
+		rc, done, err := asm.NewInputTarStreamWithDone(cr, storage.NewJSONPacker(zw), nil)
+		if err != nil {
+			cr.drain()
+			t.done <- err
+			return
+		}
+		_, err = io.Copy(io.Discard, rc)
+		if derr := <-done; err == nil {
+			err = derr
+		}
+		cr.drain() // unblock the reader if the parser stopped early
+		t.done <- err
+	}()
+	return t, nil
+}
+
+// Read reads the stream for the applier and queues a copy for the parser.
+func (t *tarSplitter) Read(p []byte) (int, error) {
+	n, err := t.src.Read(p)
+	if n > 0 && !t.closed {
+		t.chunks <- append([]byte(nil), p[:n]...)
 	}
-	return &tarSplitter{f: f, zw: zw, rc: rc, done: done}, nil
+	return n, err
 }
 
 // finish reads what the applier left of the stream (nothing, for a
 // whole tar), waits for the recorder and closes the file; with sync it
-// is flushed to disk. abort stops it after a failed apply.
+// is flushed to disk.
 func (t *tarSplitter) finish(sync bool) error {
-	n, err := io.Copy(io.Discard, t.rc)
+	n, err := io.Copy(io.Discard, t)
 	if err == nil && n > 0 {
 		err = fmt.Errorf("record tar layout: %d bytes after the end of the tar were not applied", n)
 	}
-	if derr := <-t.done; err == nil && derr != nil {
-		err = fmt.Errorf("record tar layout: %w", derr)
+	t.closed = true
+	close(t.chunks)
+	if perr := <-t.done; err == nil && perr != nil {
+		err = fmt.Errorf("record tar layout: %w", perr)
 	}
 	if cerr := t.zw.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("record tar layout: %w", cerr)
@@ -82,10 +114,40 @@ func (t *tarSplitter) finish(sync bool) error {
 	return noSpace(err)
 }
 
+// abort stops the recorder after a failed apply.
 func (t *tarSplitter) abort() {
-	t.rc.Close()
+	if !t.closed {
+		t.closed = true
+		close(t.chunks)
+	}
 	<-t.done
 	t.f.Close()
+}
+
+// chunkReader reads the chunks the tarSplitter queues.
+type chunkReader struct {
+	chunks <-chan []byte
+	cur    []byte
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		c, ok := <-r.chunks
+		if !ok {
+			return 0, io.EOF
+		}
+		r.cur = c
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// drain consumes the queue until it is closed, so the writer never blocks
+// on a parser that stopped.
+func (r *chunkReader) drain() {
+	for range r.chunks {
+	}
 }
 
 // LayerTar returns the uncompressed tar layer ref was applied from, byte
@@ -114,7 +176,7 @@ func (s *Store) LayerTar(ctx context.Context, ref string) (io.ReadCloser, error)
 		f.Close()
 		return nil, fmt.Errorf("tar of layer %s: layout %s: %w", ref, f.Name(), errors.Join(err, release2()))
 	}
-	m, err := s.readMount(s.db, id)
+	m, err := s.readMount(s.q, id)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("tar of layer %s: %w", ref, errors.Join(err, release2()))
