@@ -52,7 +52,14 @@ type root struct {
 // newRoot makes a root on its own tmpfs. When the test ends it fails if
 // anything is still mounted under it (a leaked mount), and detaches it so
 // that the tmpfs can go.
-func newRoot(t *testing.T, driver string) *root {
+func newRoot(t testing.TB, driver string) *root {
+	t.Helper()
+	return newRootOn(t, driver, "tmpfs", 0)
+}
+
+// newRootOn is newRoot on a fresh filesystem of type fstype and at least
+// size bytes (loopfs).
+func newRootOn(t testing.TB, driver, fstype string, size int64) *root {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mounts, and the fixture layer has files owned by other users")
@@ -60,7 +67,7 @@ func newRoot(t *testing.T, driver string) *root {
 	if _, err := fixtures.BusyboxLayer(); errors.Is(err, fixtures.ErrNoBusybox) {
 		t.Skip(err)
 	}
-	fs := loopfs.New(t, "tmpfs", 0)
+	fs := loopfs.New(t, fstype, size)
 	r := &root{dir: filepath.Join(fs, "root"), runDir: filepath.Join(fs, "run"), driver: driver}
 	t.Cleanup(func() {
 		for _, m := range mountsUnder(t, fs) {
@@ -72,7 +79,7 @@ func newRoot(t *testing.T, driver string) *root {
 }
 
 // mountsUnder lists the mount points strictly below dir.
-func mountsUnder(t *testing.T, dir string) []string {
+func mountsUnder(t testing.TB, dir string) []string {
 	t.Helper()
 	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
@@ -100,7 +107,7 @@ func (r result) String() string {
 
 // exec runs the binary with the root's global flags (given as flags, so
 // that the environment cannot leak into the test).
-func (r *root) exec(t *testing.T, stdin []byte, args ...string) result {
+func (r *root) exec(t testing.TB, stdin []byte, args ...string) result {
 	t.Helper()
 	full := append([]string{"--root", r.dir, "--runroot", r.runDir}, args...)
 	if r.driver != "" {
@@ -109,7 +116,7 @@ func (r *root) exec(t *testing.T, stdin []byte, args ...string) result {
 	return runBin(t, stdin, nil, full...)
 }
 
-func runBin(t *testing.T, stdin []byte, env []string, args ...string) result {
+func runBin(t testing.TB, stdin []byte, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(layersBin, args...)
 	cmd.Env = append(cleanEnv(), env...)
@@ -144,7 +151,7 @@ func cleanEnv() []string {
 
 // ok runs a command that must succeed with nothing on stderr, and
 // returns its stdout.
-func (r *root) ok(t *testing.T, args ...string) string {
+func (r *root) ok(t testing.TB, args ...string) string {
 	t.Helper()
 	res := r.exec(t, nil, args...)
 	if res.code != 0 || res.stderr != "" {
@@ -155,14 +162,14 @@ func (r *root) ok(t *testing.T, args ...string) string {
 
 // fails runs a command that must fail with status 1 and exactly one
 // stderr line "layers: ..." containing want, and nothing on stdout.
-func (r *root) fails(t *testing.T, want string, args ...string) result {
+func (r *root) fails(t testing.TB, want string, args ...string) result {
 	t.Helper()
 	res := r.exec(t, nil, args...)
 	checkFailure(t, res, want)
 	return res
 }
 
-func checkFailure(t *testing.T, res result, want string) {
+func checkFailure(t testing.TB, res result, want string) {
 	t.Helper()
 	if res.code != 1 {
 		t.Fatalf("want exit 1: %s", res)
@@ -177,7 +184,7 @@ func checkFailure(t *testing.T, res result, want string) {
 }
 
 // usage checks a usage error: exit 2, the error line and the hint line.
-func checkUsage(t *testing.T, res result, want, hintCmd string) {
+func checkUsage(t testing.TB, res result, want, hintCmd string) {
 	t.Helper()
 	if res.code != 2 {
 		t.Fatalf("want exit 2: %s", res)
@@ -205,7 +212,7 @@ type fixtureImage struct {
 // library, as `load` will once the images issue provides it, under name
 // (normalised) with the given command in its config (so that several
 // fixture images get distinct IDs).
-func importFixture(t *testing.T, r *root, name string, cmd ...string) fixtureImage {
+func importFixture(t testing.TB, r *root, name string, cmd ...string) fixtureImage {
 	t.Helper()
 	layer, err := fixtures.BusyboxLayer()
 	if err != nil {
