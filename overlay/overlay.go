@@ -719,7 +719,7 @@ func (d *Driver) Status() []graphdriver.Status {
 		{Key: "Mount API", Value: d.method.String()},
 		{Key: "Mount Options", Value: optionsString(d.mountOptions())},
 		{Key: "Using userxattr", Value: strconv.FormatBool(d.userXattr)},
-		{Key: "Native Overlay Diff", Value: "false"},
+		{Key: "Native Overlay Diff", Value: "true"},
 		{Key: "Deep Chains", Value: fmt.Sprintf("lowers past the kernel's %d are flattened into cached trees (%d cached)", maxLowers, d.flattenedCount())},
 	}
 }
