@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -73,11 +74,14 @@ func writeJSON(w io.Writer, v any) error {
 
 // table writes aligned columns: a header, then rows.
 type table struct {
-	tw *tabwriter.Writer
+	w   io.Writer
+	buf bytes.Buffer
+	tw  *tabwriter.Writer
 }
 
 func newTable(w io.Writer, header ...string) *table {
-	t := &table{tw: tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)}
+	t := &table{w: w}
+	t.tw = tabwriter.NewWriter(&t.buf, 0, 8, 3, ' ', 0)
 	t.row(header...)
 	return t
 }
@@ -86,7 +90,23 @@ func (t *table) row(cols ...string) {
 	fmt.Fprintln(t.tw, strings.Join(cols, "\t"))
 }
 
-func (t *table) flush() error { return t.tw.Flush() }
+// flush writes the table, without the padding an empty last column
+// leaves at the end of a line.
+func (t *table) flush() error {
+	if err := t.tw.Flush(); err != nil {
+		return err
+	}
+	var out strings.Builder
+	for _, line := range strings.SplitAfter(t.buf.String(), "\n") {
+		if trimmed, ok := strings.CutSuffix(line, "\n"); ok {
+			out.WriteString(strings.TrimRight(trimmed, " ") + "\n")
+		} else {
+			out.WriteString(line)
+		}
+	}
+	_, err := io.WriteString(t.w, out.String())
+	return err
+}
 
 // humanSize formats bytes in decimal units, as docker does.
 func humanSize(n int64) string {

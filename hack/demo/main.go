@@ -1,173 +1,276 @@
-// Command demo walks through the layer core on built-in fixtures, with the
-// best driver for the host (overlay where the kernel has it, else vfs), printing
-// each step: the busybox layer applied, a read-write layer on top changed,
-// its changes listed and exported, the export applied as a new layer, the
-// two trees compared, and a hostile tar refused. The CLI replaces it once
-// `layers` exists.
+// Command demo walks through the `layers` command on a temporary root with
+// the built-in busybox fixture image, printing each command and its
+// output: the image imported, listed, a container created, mounted and
+// changed, its changes listed, exported and applied as a new layer, a
+// hostile tar refused, everything removed and the root checked.
+//
+// The fixture image is imported with the store library, since `layers
+// load` comes with the images issue; every other step runs the real
+// `layers` binary as its own process, built for the occasion (or taken
+// from $LAYERS_BIN). The driver is the default for the host (overlay where
+// the kernel has it), or $LAYERS_DRIVER.
 package main
 
 import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
-	"github.com/layers-storage/layers/graphdriver"
-	_ "github.com/layers-storage/layers/overlay" // the default where the kernel has it
-	_ "github.com/layers-storage/layers/vfs"
+	"github.com/layers-storage/layers/store"
+	_ "github.com/layers-storage/layers/store/all" // every driver
 )
 
+// imageName is what the fixture image is called in the demo root.
+const imageName = "localhost/busybox:demo"
+
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
+// demo is one run: where it works and where it prints.
+type demo struct {
+	w                  io.Writer
+	bin, root, runRoot string
+	driver             string
+}
 
-func run() error {
-	ctx := context.Background()
-	home, err := os.MkdirTemp("", "layers-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(home)
+func step(w io.Writer, format string, args ...any) { fmt.Fprintf(w, "\n==> "+format+"\n", args...) }
 
-	step("driver: the best registered driver for %s", home)
-	d, err := graphdriver.Default(filepath.Join(home, "storage"), nil)
+// run does the whole demo, printing to w, and leaves nothing behind: no
+// mount, no file.
+func run(w io.Writer) (err error) {
+	tmp, err := os.MkdirTemp("", "layers-demo-")
 	if err != nil {
 		return err
 	}
-	defer d.Cleanup()
-	for _, s := range d.Status() {
-		fmt.Printf("    %-20s %s\n", s.Key, s.Value)
+	defer func() {
+		// After a failure half-way, a container may still be mounted.
+		if derr := detachUnder(tmp); derr != nil && err == nil {
+			err = derr
+		}
+		if rerr := os.RemoveAll(tmp); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	d := &demo{w: w, root: filepath.Join(tmp, "root"), runRoot: filepath.Join(tmp, "run"), driver: os.Getenv("LAYERS_DRIVER")}
+
+	if d.bin = os.Getenv("LAYERS_BIN"); d.bin == "" {
+		step(w, "build the layers command")
+		d.bin = filepath.Join(tmp, "layers")
+		out, err := exec.Command("go", "build", "-o", d.bin, "github.com/layers-storage/layers/cmd/layers").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("go build: %w\n%s", err, out)
+		}
+		fmt.Fprintf(w, "    $ go build -o %s ./cmd/layers\n", d.bin)
+	}
+	fmt.Fprintf(w, "    $ export LAYERS_ROOT=%s LAYERS_RUNROOT=%s\n", d.root, d.runRoot)
+
+	step(w, "import the busybox fixture image (with the store library, until `layers load` exists)")
+	imageID, err := d.importFixture()
+	if err != nil {
+		return fmt.Errorf("import the fixture image: %w", err)
+	}
+	fmt.Fprintf(w, "    image %s as %s\n", imageID, imageName)
+
+	step(w, "the store and the image")
+	if _, err := d.layers(nil, "info"); err != nil {
+		return err
+	}
+	if _, err := d.layers(nil, "images"); err != nil {
+		return err
 	}
 
-	step("apply the busybox fixture layer (gzip) as layer base")
-	layer, err := fixtures.BusyboxLayer()
+	step(w, "create a container, mount it and change it")
+	out, err := d.layers(nil, "create", "--name", "demo", imageName)
 	if err != nil {
 		return err
 	}
-	gz, err := fixtures.Compress(layer, diff.Gzip)
-	if err != nil {
+	ctr := strings.TrimSpace(out)
+	if out, err = d.layers(nil, "mount", "demo"); err != nil {
 		return err
 	}
-	if err := d.Create("base", "", nil); err != nil {
+	mnt := strings.TrimSpace(out)
+	fmt.Fprintf(w, "    $ echo 'hello, layers' > %s/hello.txt\n", mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "hello.txt"), []byte("hello, layers\n"), 0o644); err != nil {
 		return err
 	}
-	res, err := graphdriver.ApplyDiff(ctx, d, "base", "", bytes.NewReader(gz), diff.ApplyOptions{})
-	if err != nil {
+	fmt.Fprintf(w, "    $ rm %s/etc/group\n", mnt)
+	if err := os.Remove(filepath.Join(mnt, "etc/group")); err != nil {
 		return err
 	}
-	fmt.Printf("    compression %s, %d bytes compressed, %d uncompressed, %d bytes of files\n    diffID %s\n",
-		res.Compression, len(gz), res.TarSize, res.Size, res.DiffID)
+	fmt.Fprintf(w, "    $ mkdir -p %s/srv/data\n", mnt)
+	if err := os.MkdirAll(filepath.Join(mnt, "srv/data"), 0o755); err != nil {
+		return err
+	}
 
-	step("create a read-write layer ctr on base, mount it and change it")
-	if err := d.CreateReadWrite("ctr", "base", nil); err != nil {
-		return err
-	}
-	root, err := d.Get("ctr", graphdriver.MountOpts{})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("    mounted at %s\n", root)
-	edits := []struct {
-		what string
-		do   func() error
-	}{
-		{"write /hello.txt", func() error { return os.WriteFile(filepath.Join(root, "hello.txt"), []byte("hello, layers\n"), 0o644) }},
-		{"remove /etc/group", func() error { return os.Remove(filepath.Join(root, "etc/group")) }},
-		{"chmod 0700 /home/app", func() error { return os.Chmod(filepath.Join(root, "home/app"), 0o700) }},
-		{"mkdir /srv/data", func() error { return os.MkdirAll(filepath.Join(root, "srv/data"), 0o755) }},
-	}
-	for _, e := range edits {
-		fmt.Printf("    %s\n", e.what)
-		if err := e.do(); err != nil {
+	step(w, "its changes against the image, and the lists")
+	for _, args := range [][]string{{"diff", "demo"}, {"ps"}, {"layers"}} {
+		if _, err := d.layers(nil, args...); err != nil {
 			return err
 		}
 	}
 
-	step("changes of ctr against base")
-	changes, err := graphdriver.Changes(ctx, d, "ctr", "base")
+	step(w, "export the container's layer as a tar and apply it as a new layer on the image's")
+	imageLayer, rwLayer, err := d.layersOf(imageName, ctr)
 	if err != nil {
 		return err
 	}
-	for _, c := range changes {
-		fmt.Printf("    %s\n", c)
+	fmt.Fprintf(w, "    $ layers layer diff %s | layers layer apply --parent %s\n", short(rwLayer), short(imageLayer))
+	tarball, err := d.quiet("layer", "diff", rwLayer)
+	if err != nil {
+		return err
+	}
+	if out, err = d.run([]byte(tarball), "layer", "apply", "--parent", imageLayer); err != nil {
+		return err
+	}
+	fmt.Fprint(w, indent(out))
+	if _, err := d.layers(nil, "inspect", strings.TrimSpace(out)); err != nil {
+		return err
 	}
 
-	step("export them as an OCI layer tar and apply it as layer committed on base")
-	rc, err := graphdriver.Diff(ctx, d, "ctr", "base")
-	if err != nil {
-		return err
-	}
-	var tarBuf bytes.Buffer
-	_, err = io.Copy(&tarBuf, rc)
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err := d.Create("committed", "base", nil); err != nil {
-		return err
-	}
-	res, err = graphdriver.ApplyDiff(ctx, d, "committed", "base", bytes.NewReader(tarBuf.Bytes()), diff.ApplyOptions{})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("    %d tar bytes, diffID %s\n", tarBuf.Len(), res.DiffID)
-
-	step("compare the trees of ctr and committed")
-	committed, err := d.Get("committed", graphdriver.MountOpts{})
-	if err != nil {
-		return err
-	}
-	a, err := fixtures.Snapshot(root)
-	if err != nil {
-		return err
-	}
-	b, err := fixtures.Snapshot(committed)
-	if err != nil {
-		return err
-	}
-	// The root directory itself is not part of a changeset (as in docker
-	// and podman): its mtime moves with every top-level edit.
-	if diffs := fixtures.Compare(a, b, fixtures.IgnorePaths("/")); len(diffs) > 0 {
-		return fmt.Errorf("trees differ: %v", diffs)
-	}
-	fmt.Printf("    identical below /: %d entries (type, mode, owner, content, xattrs, mtimes, hardlinks)\n", len(a)-1)
-	_ = d.Put("committed")
-	_ = d.Put("ctr")
-
-	step("apply a hostile tar (a symlink to / then a write through it, then ../escape)")
-	if err := d.Create("hostile", "base", nil); err != nil {
-		return err
-	}
+	step(w, "apply a hostile tar (a symlink to / then a write through it): refused, nothing written")
 	hostile := fixtures.Tar(
 		fixtures.Symlink("host", "/"),
 		fixtures.File("host/tmp/layers-demo-canary", "pwned", 0o644),
 		fixtures.Raw(tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}, "pwned"),
 	)
-	_, err = graphdriver.ApplyDiff(ctx, d, "hostile", "base", bytes.NewReader(hostile), diff.ApplyOptions{})
-	fmt.Printf("    error: %v\n", err)
-	if _, serr := os.Lstat("/tmp/layers-demo-canary"); serr == nil {
-		return fmt.Errorf("hostile tar wrote outside the layer")
+	fmt.Fprintf(w, "    $ layers layer apply < hostile.tar\n")
+	if _, err := d.run(hostile, "layer", "apply"); err == nil {
+		return errors.New("the hostile tar was applied")
 	}
-	fmt.Printf("    nothing written outside the layer root\n")
+	if _, err := os.Lstat("/tmp/layers-demo-canary"); err == nil {
+		return errors.New("the hostile tar wrote outside the layer")
+	}
 
-	step("remove every layer")
-	for _, id := range []string{"hostile", "committed", "ctr", "base"} {
-		if err := d.Remove(id); err != nil {
+	step(w, "clean up: unmount, remove the container, the image and the applied layer; check")
+	for _, args := range [][]string{{"umount", "demo"}, {"rm", "demo"}, {"rmi", imageName}, {"prune"}, {"layers"}, {"check"}} {
+		if _, err := d.layers(nil, args...); err != nil {
 			return err
 		}
-		fmt.Printf("    removed %s\n", id)
 	}
 	return nil
+}
+
+// layers runs the binary, printing the command line and its output.
+func (d *demo) layers(stdin []byte, args ...string) (string, error) {
+	fmt.Fprintf(d.w, "    $ layers %s\n", strings.Join(args, " "))
+	out, err := d.run(stdin, args...)
+	fmt.Fprint(d.w, indent(out))
+	return out, err
+}
+
+// quiet runs the binary without printing.
+func (d *demo) quiet(args ...string) (string, error) { return d.run(nil, args...) }
+
+// run runs the binary with the demo's root; a failure is returned with
+// its stderr line, which is also printed.
+func (d *demo) run(stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command(d.bin, args...)
+	cmd.Env = append(os.Environ(), "LAYERS_ROOT="+d.root, "LAYERS_RUNROOT="+d.runRoot)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		fmt.Fprint(d.w, indent(errb.String()))
+		return out.String(), fmt.Errorf("layers %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	fmt.Fprint(d.w, indent(errb.String()))
+	return out.String(), nil
+}
+
+// importFixture stores the busybox fixture layer (gzip, as registries
+// serve it) and its image config under imageName, and returns the image ID.
+func (d *demo) importFixture() (string, error) {
+	layer, err := fixtures.BusyboxLayer()
+	if err != nil {
+		return "", err
+	}
+	gz, err := fixtures.Compress(layer, diff.Gzip)
+	if err != nil {
+		return "", err
+	}
+	cfg, err := fixtures.ImageConfig([][]byte{layer}, "sh")
+	if err != nil {
+		return "", err
+	}
+	st, err := store.Open(store.Options{Root: d.root, RunRoot: d.runRoot, Driver: d.driver})
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+	l, err := st.ApplyDiff(context.Background(), "", bytes.NewReader(gz), nil)
+	if err != nil {
+		return "", err
+	}
+	img, err := st.CreateImage(store.ImageOptions{Config: cfg, TopLayer: l.ID, Names: []string{imageName}})
+	if err != nil {
+		return "", err
+	}
+	return img.ID, nil
+}
+
+// layersOf returns the top layer of image and the read-write layer of
+// container ctr, read from `layers inspect` as a script would.
+func (d *demo) layersOf(image, ctr string) (imageLayer, rwLayer string, err error) {
+	out, err := d.quiet("inspect", image, ctr)
+	if err != nil {
+		return "", "", err
+	}
+	var objs []struct {
+		TopLayer string `json:"top_layer"`
+		Layer    string `json:"layer"`
+	}
+	if err := json.Unmarshal([]byte(out), &objs); err != nil || len(objs) != 2 || objs[0].TopLayer == "" || objs[1].Layer == "" {
+		return "", "", fmt.Errorf("inspect %s %s: unexpected output (%v): %s", image, ctr, err, out)
+	}
+	return objs[0].TopLayer, objs[1].Layer, nil
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// indent prefixes every line of s with four spaces.
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	return "    " + strings.Join(lines, "\n    ") + "\n"
+}
+
+// detachUnder detaches every mount below dir, deepest first.
+func detachUnder(dir string) error {
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(ms) - 1; i >= 0; i-- {
+		if err := unix.Unmount(ms[i].Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", ms[i].Mountpoint, err))
+		}
+	}
+	return errors.Join(errs...)
 }
