@@ -181,6 +181,9 @@ func (l *ovlLayer) check(logf func() string) []diff.Change {
 	if err := diff.WriteOverlayDiff(ctx, &nativeTar, l.upper, l.lowers, l.options(), mount, diff.ExportOptions{}); err != nil {
 		t.Fatalf("WriteOverlayDiff: %v\n%s", err, logf())
 	}
+	f := ovlCountFeatures(t, l.upper)
+	t.Logf("%d changes; upper holds %d whiteouts, %d opaque dirs, %d redirects, %d metacopy files; merged mount used for the tar: %v",
+		len(native), f["whiteout"], f["opaque"], f["redirect"], f["metacopy"], mounted)
 	if !bytes.Equal(naiveTar.Bytes(), nativeTar.Bytes()) {
 		t.Fatalf("WriteOverlayDiff (merged mount used: %v) gives another tar than Export of the naive changes from the merged view\n%s\n%s",
 			mounted, ovlTarListing(t, naiveTar.Bytes(), nativeTar.Bytes()), logf())
@@ -725,7 +728,9 @@ func ovlRunProperty(t *testing.T, base string, seed int64, opts string) {
 	nLowers := 1 + rng.Intn(3)
 	l := newOvlLayer(t, base, nLowers, opts)
 	var log []string
-	logf := func() string { return fmt.Sprintf("seed %d, %d lowers, options %s, edits:\n  %s", seed, nLowers, opts, strings.Join(log, "\n  ")) }
+	logf := func() string {
+		return fmt.Sprintf("seed %d, %d lowers, options %s, edits:\n  %s", seed, nLowers, opts, strings.Join(log, "\n  "))
+	}
 
 	// The bottom lower is a random tree; each lower above it is the upper
 	// dir of random edits through overlay with the driver's defaults, as a
@@ -748,7 +753,7 @@ func ovlRunProperty(t *testing.T, base string, seed int64, opts string) {
 	log = append(log, "-- layer")
 	l.edit(func(m string) {
 		e := &ovlEditor{t: t, rng: rng, root: m, log: &log}
-		for range 10 + rng.Intn(40) {
+		for range 20 + rng.Intn(60) {
 			e.step()
 		}
 	})
@@ -804,7 +809,10 @@ func ovlStampRandom(t testing.TB, rng *rand.Rand, root string) {
 		return err
 	}))
 	for i := len(paths) - 1; i >= 0; i-- {
-		tm := ovlBaseTime
+		// Distinct times: a file renamed over another with the same
+		// size, owner, mode and sub-second mtime is a change no differ
+		// sees (they trust such mtimes), which the tree check would.
+		tm := ovlBaseTime.Add(time.Duration(i) * time.Second)
 		if rng.Intn(2) == 0 {
 			tm = tm.Add(123456789)
 		}
@@ -860,7 +868,7 @@ func ovlIsFile(fi os.FileInfo) bool { return fi.Mode().IsRegular() }
 func ovlAny(os.FileInfo) bool       { return true }
 
 // newPath returns a path in a random existing directory, with a name from
-// the pool (it may exist).
+// the pool (it may exist) or, less often, one the lowers never have.
 func (e *ovlEditor) newPath(ents []ovlEntryInfo) string {
 	dirs := []string{"."}
 	for _, x := range ents {
@@ -868,15 +876,22 @@ func (e *ovlEditor) newPath(ents []ovlEntryInfo) string {
 			dirs = append(dirs, x.rel)
 		}
 	}
-	return filepath.Join(dirs[e.rng.Intn(len(dirs))], ovlNames[e.rng.Intn(len(ovlNames))])
+	name := ovlNames[e.rng.Intn(len(ovlNames))]
+	if e.rng.Intn(3) == 0 {
+		name = "n" + strconv.Itoa(e.rng.Intn(4)) // likely free: renames succeed
+	}
+	return filepath.Join(dirs[e.rng.Intn(len(dirs))], name)
 }
 
 func (e *ovlEditor) abs(rel string) string { return filepath.Join(e.root, rel) }
 
+// randTime returns a time no other edit of the run gave, a whole second
+// or not.
 func (e *ovlEditor) randTime() time.Time {
-	tm := ovlBaseTime.Add(time.Duration(e.rng.Intn(3)) * time.Second)
+	// The log grows by one line per edit, across all editors of a run.
+	tm := ovlBaseTime.Add(time.Duration(1000+len(*e.log)) * time.Second)
 	if e.rng.Intn(2) == 0 {
-		tm = tm.Add(time.Duration(e.rng.Intn(1000)))
+		tm = tm.Add(time.Duration(1 + e.rng.Intn(999)))
 	}
 	return tm
 }
@@ -887,7 +902,11 @@ func (e *ovlEditor) step() {
 	ents := e.entries()
 	var desc string
 	var err error
-	switch op := e.rng.Intn(19); op {
+	op := e.rng.Intn(23)
+	if op >= 19 {
+		op = 11 // directory renames are what redirect_dir is about: weigh them more
+	}
+	switch op {
 	case 0: // create or overwrite a file
 		p := e.newPath(ents)
 		desc = "create " + p
@@ -1058,6 +1077,28 @@ func (e *ovlEditor) step() {
 		desc += fmt.Sprintf(" (failed: %v)", err)
 	}
 	*e.log = append(*e.log, desc)
+}
+
+// ovlCountFeatures counts the overlay constructs in upper dir root.
+func ovlCountFeatures(t testing.TB, root string) map[string]int {
+	n := map[string]int{}
+	ovlMust(t, filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeCharDevice != 0 {
+			n["whiteout"]++
+		}
+		for _, a := range []string{"opaque", "redirect", "metacopy"} {
+			for _, ns := range []string{"trusted.overlay.", "user.overlay."} {
+				if sz, err := unix.Lgetxattr(p, ns+a, nil); err == nil && sz >= 0 {
+					n[a]++
+				}
+			}
+		}
+		return nil
+	}))
+	return n
 }
 
 // ovlWriteNew creates or overwrites regular file p. It never follows a
