@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +27,17 @@ const (
 	helperEnv = "LAYERS_STORE_HELPER"
 	rootEnv   = "LAYERS_STORE_ROOT"
 	crashEnv  = "LAYERS_STORE_CRASH_AT" // store's test hook: SIGKILL at a named point
+	roundsEnv = "LAYERS_STORE_ROUNDS"
+	// longEnv makes every driver run the full process tests; by default
+	// the default (first) driver runs them in full and the others a
+	// smaller share, so that the package stays under a minute with -race.
+	longEnv = "LAYERS_STORE_LONG"
 )
+
+// full reports whether driver runs the process tests in full.
+func full(driver string) bool {
+	return os.Getenv(longEnv) != "" || driver == drivers()[0]
+}
 
 // TestHelperProcess is not a test: it is what helper processes run.
 func TestHelperProcess(t *testing.T) {
@@ -50,12 +61,13 @@ func helper(mode, root string) error {
 	ctx := context.Background()
 	switch mode {
 	case "churn":
-		// 50 rounds of create, mount, write, unmount, remove. Names are
+		// Rounds of create, mount, write, unmount, remove. Names are
 		// shared between processes on purpose: ErrNameInUse is the
 		// documented conflict, anything else is a failure.
 		pid := os.Getpid()
 		conflicts := 0
-		for round := range 50 {
+		rounds, _ := strconv.Atoi(os.Getenv(roundsEnv))
+		for round := range rounds {
 			name := fmt.Sprintf("c%d", round%4)
 			c, err := s.CreateContainer("base", &store.ContainerOptions{Name: name})
 			if errors.Is(err, store.ErrNameInUse) {
@@ -73,7 +85,7 @@ func helper(mode, root string) error {
 			if err := os.WriteFile(filepath.Join(p, "etc", "by"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 				return fmt.Errorf("round %d: write: %w", round, err)
 			}
-			if round%3 == 0 {
+			if round%10 == 0 {
 				// A second mount and a look at what changed.
 				if _, err := s.Mount(c.ID); err != nil {
 					return fmt.Errorf("round %d: mount again: %w", round, err)
@@ -183,16 +195,21 @@ func mountsUnder(t testing.TB, dir string) []string {
 }
 
 // Eight processes create, mount, unmount and remove containers on one root
-// at once, 50 rounds each.
+// at once, 50 rounds each (15 for drivers other than the default, unless
+// LAYERS_STORE_LONG is set).
 func TestConcurrentProcesses(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, driver, root string) {
 		s := open(t, driver, root)
 		mustImage(t, s, []string{"base"}, baseTar)
 		const procs = 8
+		rounds := 50
+		if !full(driver) {
+			rounds = 15
+		}
 		cmds := make([]*exec.Cmd, procs)
 		outs := make([]*bytes.Buffer, procs)
 		for i := range cmds {
-			cmds[i] = helperCmd(t, "churn", root)
+			cmds[i] = helperCmd(t, "churn", root, roundsEnv+"="+strconv.Itoa(rounds))
 			outs[i] = &bytes.Buffer{}
 			cmds[i].Stdout, cmds[i].Stderr = outs[i], outs[i]
 			if err := cmds[i].Start(); err != nil {
@@ -210,7 +227,7 @@ func TestConcurrentProcesses(t *testing.T) {
 				conflicts += n
 			}
 		}
-		t.Logf("%d name conflicts (ErrNameInUse) among %d creates", conflicts, procs*50)
+		t.Logf("%d processes x %d rounds: %d name conflicts (ErrNameInUse) among %d creates", procs, rounds, conflicts, procs*rounds)
 		cs, err := s.Containers()
 		if err != nil || len(cs) != 0 {
 			t.Fatalf("containers left: %v %v", cs, err)
@@ -237,14 +254,19 @@ var crashPoints = []string{
 // an image and a container, mounting and removing them leaves the root
 // consistent: the next Open cleans up, Check is clean, and what was
 // stored before is still there. Every named crash point is hit, then the
-// process is killed after random delays. LAYERS_STORE_CRASH_ROUNDS sets
-// the number of random kills per driver (default 25).
+// process is killed after random delays: 20 times on the default driver,
+// 8 on others (52 kills in all with two drivers).
+// LAYERS_STORE_CRASH_ROUNDS sets the number of random kills per driver,
+// for longer campaigns.
 func TestCrashSafety(t *testing.T) {
-	rounds := 25
-	if v := os.Getenv("LAYERS_STORE_CRASH_ROUNDS"); v != "" {
-		rounds, _ = strconv.Atoi(v)
-	}
 	forEachDriver(t, func(t *testing.T, driver, root string) {
+		rounds := 20
+		if !full(driver) {
+			rounds = 8
+		}
+		if v := os.Getenv("LAYERS_STORE_CRASH_ROUNDS"); v != "" {
+			rounds, _ = strconv.Atoi(v)
+		}
 		s := open(t, driver, root)
 		img := mustImage(t, s, []string{"keep"}, baseTar, upperTar)
 		keep, err := s.CreateContainer("keep", &store.ContainerOptions{Name: "keep"})
@@ -308,12 +330,17 @@ func TestCrashSafety(t *testing.T) {
 		landed := map[string]int{}
 		for i := range rounds {
 			cmd := helperCmd(t, "apply", root)
-			var out bytes.Buffer
+			var out lockedBuffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			delay := time.Duration(r.IntN(200)) * time.Millisecond
+			// The kill comes a random delay after the helper has started
+			// working (its first line), not counting its start-up.
+			for start := time.Now(); out.Len() == 0 && time.Since(start) < 10*time.Second; {
+				time.Sleep(time.Millisecond)
+			}
+			delay := time.Duration(r.IntN(300)) * time.Millisecond
 			time.Sleep(delay)
 			_ = cmd.Process.Kill()
 			err := cmd.Wait()
@@ -353,14 +380,14 @@ func TestFullDisk(t *testing.T) {
 			root := filepath.Join(loopfs.New(t, "ext4", loopfs.MinExt4), "root")
 			s := open(t, driver, root)
 			base := mustApply(t, s, "", baseTar)[0]
-			// 96 MiB of incompressible-enough data on a 64 MiB filesystem.
+			// 72 MiB of random data on a 64 MiB filesystem.
 			r := rand.New(rand.NewPCG(1, 2))
 			chunk := make([]byte, 1<<20)
 			for i := range chunk {
 				chunk[i] = byte(r.Uint32())
 			}
 			var es []fixtures.Entry
-			for i := range 96 {
+			for i := range 72 {
 				es = append(es, fixtures.File(fmt.Sprintf("big%02d", i), string(chunk), 0o644))
 			}
 			_, err := s.ApplyDiff(context.Background(), base.ID, fixtures.Reader(es...), nil)
@@ -386,4 +413,29 @@ func TestFullDisk(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lockedBuffer is a bytes.Buffer a helper process writes to while the
+// test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Len()
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
