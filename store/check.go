@@ -159,6 +159,13 @@ func (s *Store) checkLocked(r *Report) error {
 			r.add(ProblemOrphanData, id, "the %s driver has data for a layer the database does not know", s.driver.String())
 		}
 	}
+	if ents, err := os.ReadDir(filepath.Dir(s.tarSplitPath("x"))); err == nil {
+		for _, e := range ents {
+			if id, ok := strings.CutSuffix(e.Name(), ".json.gz"); ok && isID(id) && !known[id] {
+				r.add(ProblemOrphanData, id, "tar layout %s belongs to no layer", s.tarSplitPath(id))
+			}
+		}
+	}
 
 	if err := s.checkMounts(r, false); err != nil {
 		return err
@@ -376,6 +383,9 @@ func (s *Store) Repair(ctx context.Context, opts RepairOptions) (*Report, error)
 			var n int
 			if err = s.q.QueryRow(`SELECT COUNT(*) FROM layers WHERE id = ?`, p.ID).Scan(&n); err == nil && n == 0 {
 				err = s.driver.Remove(p.ID)
+				if rerr := os.Remove(s.tarSplitPath(p.ID)); err == nil && rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+					err = rerr
+				}
 			}
 		case ProblemStaleMount, ProblemLeakedMount:
 			err = s.checkMounts(&Report{}, true)

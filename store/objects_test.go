@@ -427,18 +427,22 @@ func TestCheckAndRepair(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "blobs", "sha256", hex64('f')), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		strayLayout := filepath.Join(root, "tar-split", hex64('9')+".json.gz")
+		if err := os.WriteFile(strayLayout, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		r, err := s.Check(ctx, store.CheckOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := kinds(r); got != "orphan-blob orphan-layer-data" {
+		if got := kinds(r); got != "orphan-blob orphan-layer-data orphan-layer-data" {
 			t.Fatalf("check without digests: %v", r.Problems)
 		}
 		r, err = s.Check(ctx, store.CheckOptions{Digests: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := kinds(r); got != "layer-digest-mismatch orphan-blob orphan-layer-data" {
+		if got := kinds(r); got != "layer-digest-mismatch orphan-blob orphan-layer-data orphan-layer-data" {
 			t.Fatalf("check with digests: %v", r.Problems)
 		}
 		// Repair without RemoveDamaged fixes what loses nothing.
@@ -451,6 +455,9 @@ func TestCheckAndRepair(t *testing.T) {
 		}
 		if s.Driver().Exists(orphan) {
 			t.Fatal("orphan data not removed")
+		}
+		if _, err := os.Stat(strayLayout); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stray tar layout not removed: %v", err)
 		}
 		if _, err := s.Container(c.ID); err != nil {
 			t.Fatalf("repair without RemoveDamaged removed a container: %v", err)

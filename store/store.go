@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -192,7 +193,7 @@ type Store struct {
 	// serialises them between processes (flock does not exclude
 	// goroutines sharing one open file).
 	mu     sync.Mutex
-	closed bool
+	closed atomic.Bool // read without mu: readers never wait for a writer
 }
 
 // Open opens (making it if needed) the store at opts.Root, picks and
@@ -313,18 +314,19 @@ func (s *Store) defaultDriver(options map[string]string) (graphdriver.Driver, er
 }
 
 // Close releases the database and the lock file. It does not unmount
-// anything: mounts made by Mount belong to the database's mount counts and
-// outlive the process (a shell's `layers mount` must stay mounted after it
-// exits), so the driver's Cleanup, which unmounts whatever the driver
-// instance mounted, is not called. Transient mounts (the naive differ's)
-// are put back by the operations that make them.
+// anything: mounts made by Mount are counted in the database and outlive
+// the process (a shell's `layers mount` must stay mounted after it
+// exits, for the next process's `umount` to undo). So the driver's
+// Cleanup is not called: it releases every reference the driver instance
+// took with Get, which would undo this process's Mounts (and for drivers
+// that count per process, unmount them). Transient mounts (the naive
+// differ's) are put back by the operations that make them.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed.Swap(true) {
 		return nil
 	}
-	s.closed = true
 	return s.closeAll()
 }
 
@@ -365,7 +367,7 @@ func (s *Store) Sync() bool { return s.sync }
 // lock takes the store lock: the in-process mutex, then the flock.
 func (s *Store) lock() (func(), error) {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed.Load() {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -387,9 +389,7 @@ func (s *Store) lock() (func(), error) {
 
 // checkOpen returns ErrClosed after Close, for readers that take no lock.
 func (s *Store) checkOpen() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed.Load() {
 		return ErrClosed
 	}
 	return nil
