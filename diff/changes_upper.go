@@ -116,6 +116,7 @@ func WriteOverlayDiff(ctx context.Context, w io.Writer, upper string, lowers []s
 	if err != nil {
 		return err
 	}
+	d.forExport = true
 	err = d.run()
 	d.close()
 	if err != nil {
@@ -209,7 +210,10 @@ type overlayDiffer struct {
 	changes []Change
 	// needsMerged is set when a change's content lives in a lower layer:
 	// an entry shown through a renamed directory, or a metacopy file.
+	// Looking for metacopy files costs an xattr read per changed file, so
+	// it is done only when forExport is set.
 	needsMerged bool
+	forExport   bool
 	n           int
 	buf         []byte
 }
@@ -729,7 +733,7 @@ func (d *overlayDiffer) diffEntry(p string, oe, ne *ovlEntry, old lowerChain, nd
 // noteMetacopy marks the diff as needing the merged view when ne, a
 // changed entry of upper, is a metacopy file (its data is in a lower).
 func (d *overlayDiffer) noteMetacopy(ne *ovlEntry, p string) error {
-	if d.needsMerged || !ne.upper || ne.st.Mode&unix.S_IFMT != unix.S_IFREG {
+	if !d.forExport || d.needsMerged || !ne.upper || ne.st.Mode&unix.S_IFMT != unix.S_IFREG || ne.st.Size == 0 {
 		return nil
 	}
 	mc, err := getXattr(ne.proc(), d.opts.xattr(ovlMetacopy))

@@ -462,6 +462,21 @@ func TestOverlayChangesCases(t *testing.T) {
 			want: []string{"C /d", "D /d/w", "A /d/y", "A /x"},
 		},
 		{
+			// overlay ignores opaque attributes on layer roots (a tar
+			// may carry /.wh..wh..opq): the lowers still show through.
+			name: "opaque roots are ignored", opts: def, lowers: 2,
+			build: func(l *ovlLayer) {
+				ovlWriteFile(l.t, l.lowers[1]+"/bottom", "b", 0o644)
+				ovlWriteFile(l.t, l.lowers[0]+"/top", "t", 0o644)
+				l.opaque(l.lowers[0])
+			},
+			upper: func(l *ovlLayer) {
+				ovlWriteFile(l.t, l.upper+"/new", "n", 0o644)
+				l.opaque(l.upper)
+			},
+			want: []string{"A /new"},
+		},
+		{
 			name: "hardlink to a lower file", opts: def, lowers: 1,
 			build: func(l *ovlLayer) { ovlWriteFile(l.t, l.lowers[0]+"/f", "data", 0o644) },
 			edit: func(l *ovlLayer, m string) {
