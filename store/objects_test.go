@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -648,4 +649,72 @@ func layerFile(t *testing.T, root, id, rel string) string {
 		t.Fatalf("file %s of layer %s: found %v (%v)", rel, id, found, err)
 	}
 	return found[0]
+}
+
+// One Store used by many goroutines at once: containers churned, layers
+// applied (the same tar by several: one layer is kept), lists read.
+func TestConcurrentGoroutines(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		s := open(t, driver, root)
+		mustImage(t, s, []string{"base"}, baseTar)
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		ids := make(chan string, 64)
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 8 {
+					c, err := s.CreateContainer("base", nil)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if _, err := s.Mount(c.ID); err != nil {
+						errs <- err
+						return
+					}
+					if _, err := s.Containers(); err != nil {
+						errs <- err
+						return
+					}
+					if err := s.Unmount(c.ID, false); err != nil {
+						errs <- err
+						return
+					}
+					if err := s.RemoveContainer(c.ID, false); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if g%2 == 0 {
+					l, err := s.ApplyDiff(ctx, "", bytes.NewReader(upperTar), nil)
+					if err != nil {
+						errs <- err
+						return
+					}
+					ids <- l.ID
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		close(ids)
+		for err := range errs {
+			t.Error(err)
+		}
+		var first string
+		for id := range ids {
+			if first == "" {
+				first = id
+			} else if id != first {
+				t.Errorf("the same tar applied at once gave layers %s and %s", first, id)
+			}
+		}
+		if ls, _ := s.Layers(); len(ls) != 2 {
+			t.Fatalf("%d layers, want the image's and one applied", len(ls))
+		}
+		assertClean(t, s)
+	})
 }
