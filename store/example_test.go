@@ -3,10 +3,14 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/layers-storage/layers/fixtures"
 	"github.com/layers-storage/layers/store"
@@ -90,4 +94,76 @@ func Example() {
 	// docker.io/library/example:latest
 	// C /etc/motd
 	// 1 layer removed
+}
+
+// Opening a root with an explicit driver and storage options, as the CLI
+// does with --driver and --storage-opt. A root keeps the driver it was
+// made with: naming another fails with ErrDriverMismatch.
+func ExampleOpen() {
+	opts, err := store.ParseStorageOptions([]string{"sync=true"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	s, err := store.Open(store.Options{Root: "/var/lib/layers", RunRoot: "/run/layers", Driver: "overlay", DriverOptions: opts})
+	if errors.Is(err, store.ErrDriverMismatch) {
+		log.Fatal("this root was made with another driver: ", err)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	fmt.Println(s.DriverName())
+}
+
+// Pulling an image layer by layer: with the diffIDs of the image config,
+// layers already stored are neither fetched nor applied again.
+func ExampleStore_ApplyDiff() {
+	s, err := store.Open(store.Options{Root: "/var/lib/layers"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	var diffIDs []digest.Digest // from the image config's rootfs.diff_ids
+	var fetch func(i int) io.ReadCloser
+	parent := ""
+	for i, d := range diffIDs {
+		chain := d
+		if parent != "" {
+			p, err := s.Layer(parent)
+			if err != nil {
+				log.Fatal(err)
+			}
+			chain = store.ChainID(p.ChainID, d)
+		}
+		if l, err := s.LayerByChainID(chain); err == nil {
+			parent = l.ID // stored already: nothing to download
+			continue
+		}
+		blob := fetch(i) // gzip or zstd: ApplyDiff detects it
+		l, err := s.ApplyDiff(ctx, parent, blob, &store.ApplyOptions{DiffID: d})
+		blob.Close()
+		if err != nil {
+			log.Fatal(err)
+		}
+		parent = l.ID
+	}
+}
+
+// Checking a root after a power loss, and removing what is damaged.
+func ExampleStore_Repair() {
+	s, err := store.Open(store.Options{Root: "/var/lib/layers"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Repair(context.Background(), store.RepairOptions{CheckOptions: store.CheckOptions{Digests: true}, RemoveDamaged: true})
+	if r != nil { // also on a partial failure: what was found and fixed
+		for _, p := range r.Problems {
+			fmt.Println(p)
+		}
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
 }
