@@ -38,6 +38,13 @@ func TestSuite(t *testing.T) {
 			drivertest.Run(t, drivertest.HomeFactory(mnt, New, nil))
 		})
 	}
+	// With renamed directories recorded as redirects and metadata-only
+	// copy-ups, the native differ must still give the naive one's answer
+	// (the suite compares them on every case).
+	t.Run("tmpfs-redirect-metacopy", func(t *testing.T) {
+		mnt := loopfs.New(t, "tmpfs", 1<<30)
+		drivertest.Run(t, drivertest.HomeFactory(mnt, New, map[string]string{"overlay.metacopy": "true", "overlay.redirect_dir": "true"}))
+	})
 }
 
 // newDriver makes a driver in home (a fresh temp dir when "") and cleans

@@ -30,12 +30,16 @@
 //     of an unknown ID fails with graphdriver.ErrLayerNotExist.
 //   - Changes may list, besides the edits, a "C" for directories above an
 //     edit (their mtime moved, and docker lists them too); nothing else.
+//   - A driver with a native differ (graphdriver.Differ) gives exactly the
+//     naive differ's answer: every Changes and Diff of the suite is
+//     compared with NaiveChanges and NaiveDiff, the tar byte for byte.
 //
 // Cases that need what the host or filesystem lacks (root for devices,
 // security.capability and trusted.* xattrs; user xattrs) skip, saying why.
 package drivertest
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -279,7 +283,42 @@ func (h *harness) diffTar(name, parent string) []byte {
 	if err != nil {
 		h.fatalf("Diff(%s, parent %q): reading the tar: %v", name, parent, err)
 	}
+	if _, native := h.d.(graphdriver.Differ); native {
+		// A native differ must give the naive one's tar, byte for byte.
+		rc, err := graphdriver.NaiveDiff(h.ctx, h.d, id(name), idOrEmpty(parent))
+		if err != nil {
+			h.fatalf("NaiveDiff(%s, parent %q): %v", name, parent, err)
+		}
+		naive, err := io.ReadAll(rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			h.fatalf("NaiveDiff(%s, parent %q): reading the tar: %v", name, parent, err)
+		}
+		if !bytes.Equal(b, naive) {
+			h.t.Errorf("Diff(%s, parent %q): the native tar differs from the naive differ's:\n  native: %s\n  naive:  %s",
+				name, parent, tarListing(b), tarListing(naive))
+		}
+	}
 	return b
+}
+
+// tarListing describes a tar's entries for messages.
+func tarListing(b []byte) string {
+	var out []string
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			if err != io.EOF {
+				out = append(out, "error: "+err.Error())
+			}
+			break
+		}
+		out = append(out, fmt.Sprintf("%c %s %o %d:%d %d %s %v", hdr.Typeflag, hdr.Name, hdr.Mode, hdr.Uid, hdr.Gid, hdr.Size, hdr.ModTime.Format("2006-01-02T15:04:05.999999999"), hdr.PAXRecords))
+	}
+	return strings.Join(out, "; ")
 }
 
 // changes returns layer name's changes against parent as "K /path" lines.
@@ -294,6 +333,21 @@ func (h *harness) changes(name, parent string) []string {
 		out[i] = c.String()
 	}
 	sort.Strings(out)
+	if _, native := h.d.(graphdriver.Differ); native {
+		// A native differ must give the naive one's answer exactly.
+		ncs, err := graphdriver.NaiveChanges(h.ctx, h.d, id(name), idOrEmpty(parent))
+		if err != nil {
+			h.fatalf("NaiveChanges(%s, parent %q): %v", name, parent, err)
+		}
+		naive := make([]string, len(ncs))
+		for i, c := range ncs {
+			naive[i] = c.String()
+		}
+		sort.Strings(naive)
+		if strings.Join(out, "\n") != strings.Join(naive, "\n") {
+			h.t.Errorf("Changes(%s, parent %q): native %q, naive differ %q", name, parent, out, naive)
+		}
+	}
 	return out
 }
 
