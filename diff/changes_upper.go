@@ -503,13 +503,24 @@ func checkRedirect(v string) error {
 // redirect returns the redirect of upper entry e, or "" without one.
 func (d *overlayDiffer) redirect(e *ovlEntry, p string) (string, error) {
 	v, err := getXattr(e.proc(), d.opts.xattr(ovlRedirect))
-	if err != nil || v == nil {
-		return "", err
+	if err == nil {
+		err = d.checkRedirect(v, p)
 	}
-	if err := checkRedirect(string(v)); err != nil {
-		return "", fmt.Errorf("overlay changes: %s: invalid %s %q: %v", p, d.opts.xattr(ovlRedirect), v, err)
+	if err != nil {
+		return "", fmt.Errorf("overlay changes: %s: %w", p, err)
 	}
 	return string(v), nil
+}
+
+// checkRedirect validates redirect value v (nil: none) of path p.
+func (d *overlayDiffer) checkRedirect(v []byte, p string) error {
+	if v == nil {
+		return nil
+	}
+	if err := checkRedirect(string(v)); err != nil {
+		return fmt.Errorf("invalid %s %q: %v", d.opts.xattr(ovlRedirect), v, err)
+	}
+	return nil
 }
 
 // child opens the merged directory shown by entry e (a directory) of the
@@ -533,11 +544,15 @@ func (d *overlayDiffer) child(parent mergedDir, e *ovlEntry, p string) (mergedDi
 	if opaque {
 		return m, nil
 	}
-	red, err := d.redirect(e, p)
+	v, err := fdXattr(fd, d.opts.xattr(ovlRedirect))
+	if err == nil {
+		err = d.checkRedirect(v, p)
+	}
 	if err != nil {
 		m.close()
-		return mergedDir{up: -1}, err
+		return mergedDir{up: -1}, fmt.Errorf("overlay changes: %s: %w", p, err)
 	}
+	red := string(v)
 	var sub, held lowerChain
 	if red == "" {
 		_, sub, _, err = d.lookup(parent.lower, e.name, true)

@@ -37,6 +37,7 @@ var ovlOptionSets = []struct {
 	{"defaults", "index=off,metacopy=off,redirect_dir=nofollow"},
 	{"redirect_dir", "index=off,metacopy=off,redirect_dir=on"},
 	{"metacopy", "index=off,metacopy=on,redirect_dir=on"},
+	{"userxattr", "userxattr,index=off,metacopy=off,redirect_dir=nofollow"},
 }
 
 // ovlBaseTime stamps lower trees; whole seconds on purpose for some
@@ -120,7 +121,11 @@ func (l *ovlLayer) mount(data string, flags uintptr) (string, func()) {
 // overlay needs two lowers, so an empty one goes at the bottom.
 func (l *ovlLayer) lowerData() string {
 	empty := l.mkdir("empty")
-	return "lowerdir=" + strings.Join(append(append([]string{}, l.lowers...), empty), ":")
+	data := "lowerdir=" + strings.Join(append(append([]string{}, l.lowers...), empty), ":")
+	if l.user {
+		data += ",userxattr" // the lowers' opaque dirs are user.overlay.opaque
+	}
+	return data
 }
 
 func (l *ovlLayer) layerData() string {
@@ -756,7 +761,11 @@ func ovlRunProperty(t *testing.T, base string, seed int64, opts string) {
 	for i := nLowers - 2; i >= 0; i-- {
 		below := l.lowers[i+1:]
 		work := l.mkdir(fmt.Sprintf("lwork%d", i))
-		data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(below, ":"), l.lowers[i], work, ovlOptionSets[0].opts)
+		lopts := ovlOptionSets[0].opts
+		if l.user {
+			lopts += ",userxattr"
+		}
+		data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,%s", strings.Join(below, ":"), l.lowers[i], work, lopts)
 		m, undo := l.mount(data, 0)
 		e := &ovlEditor{t: t, rng: rng, root: m, log: &log}
 		log = append(log, fmt.Sprintf("-- lower %d", i))
