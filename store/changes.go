@@ -82,7 +82,7 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 	unpin := func() error {
 		var errs []error
 		for _, p := range pinned {
-			errs = append(errs, s.unmountLayer(p, false))
+			errs = append(errs, s.unmountLayer(p, false, false))
 		}
 		return errors.Join(errs...)
 	}

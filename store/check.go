@@ -458,7 +458,7 @@ func (s *Store) removeWithDependents(id string) error {
 	for _, l := range ids {
 		var cid string
 		if err := s.q.QueryRow(`SELECT id FROM containers WHERE layer_id = ?`, l).Scan(&cid); err == nil {
-			_ = s.unmountLayer(l, true)
+			_ = s.unmountLayer(l, true, true)
 			if _, err := s.q.Exec(`DELETE FROM containers WHERE id = ?`, cid); err != nil {
 				return err
 			}
@@ -482,7 +482,7 @@ func (s *Store) removeWithDependents(id string) error {
 		}
 	}
 	for i := len(ids) - 1; i >= 0; i-- {
-		_ = s.unmountLayer(ids[i], true)
+		_ = s.unmountLayer(ids[i], true, true)
 		if err := s.deleteLayer(ids[i]); err != nil {
 			return fmt.Errorf("layer %s: %w", ids[i], err)
 		}

@@ -184,7 +184,7 @@ func (s *Store) RemoveContainer(ref string, force bool) error {
 	if err != nil {
 		return fmt.Errorf("remove container: %w", err)
 	}
-	if err := s.unmountLayer(c.Layer, true); err != nil && !force {
+	if err := s.unmountLayer(c.Layer, true, force); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.ID, err)
 	}
 	// One transaction: the container goes and its layer is marked, so a

@@ -144,15 +144,16 @@ func (s *Store) Unmount(ref string, force bool) error {
 	if err != nil {
 		return fmt.Errorf("unmount: %w", err)
 	}
-	if err := s.unmountLayer(id, force); err != nil {
+	if err := s.unmountLayer(id, force, force); err != nil {
 		return fmt.Errorf("unmount %s: %w", ref, err)
 	}
 	return nil
 }
 
-// unmountLayer counts one mount of layer id less (all with force) and
-// unmounts at zero. Under the store lock.
-func (s *Store) unmountLayer(id string, force bool) error {
+// unmountLayer counts one mount of layer id less (all of them with all)
+// and unmounts at zero; with detach, a mount that stays busy is detached.
+// Under the store lock.
+func (s *Store) unmountLayer(id string, all, detach bool) error {
 	m, err := s.readMount(s.q, id)
 	if err != nil {
 		return err
@@ -160,11 +161,11 @@ func (s *Store) unmountLayer(id string, force bool) error {
 	if m.stale() {
 		m.count = 0
 	}
-	if m.count == 0 && !force {
+	if m.count == 0 && !all {
 		return nil
 	}
 	puts := 1
-	if force {
+	if all {
 		puts = m.count
 	}
 	n := m.count
@@ -177,7 +178,7 @@ func (s *Store) unmountLayer(id string, force bool) error {
 	if err == nil && n == 0 && m.kernel {
 		err = s.settle(id, m.path)
 	}
-	if err != nil && force && m.kernel {
+	if err != nil && detach && m.kernel {
 		// Busy: detached, the path is no longer a mount point, and
 		// drivers reconcile their counts with mountinfo.
 		if derr := graphdriver.UnmountDetach(m.path); derr != nil {

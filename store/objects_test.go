@@ -718,3 +718,48 @@ func TestConcurrentGoroutines(t *testing.T) {
 		assertClean(t, s)
 	})
 }
+
+// A mount kept busy (an open file in it) makes Unmount and RemoveContainer
+// fail with ErrInUse, counts and all kept; force detaches it.
+func TestBusyMount(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		s := open(t, driver, root)
+		mustImage(t, s, []string{"app"}, baseTar)
+		c, err := s.CreateContainer("app", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Mount(c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := isMountpoint(p); !ok {
+			t.Skipf("driver %s mounts nothing: nothing can be busy", driver)
+		}
+		f, err := os.Open(filepath.Join(p, "etc", "hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := s.Unmount(c.ID, false); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("unmount of a busy mount: %v, want ErrInUse", err)
+		}
+		if n, _, _ := s.Mounted(c.ID); n != 1 {
+			t.Fatalf("count after a failed unmount: %d, want 1", n)
+		}
+		if err := s.RemoveContainer(c.ID, false); !errors.Is(err, store.ErrInUse) {
+			t.Fatalf("rm of a busy container: %v, want ErrInUse", err)
+		}
+		if _, err := s.Container(c.ID); err != nil {
+			t.Fatalf("container gone after a failed rm: %v", err)
+		}
+		if err := s.RemoveContainer(c.ID, true); err != nil {
+			t.Fatalf("rm -f: %v", err)
+		}
+		if ok, _ := isMountpoint(p); ok {
+			t.Fatal("still mounted after rm -f")
+		}
+		f.Close()
+		assertClean(t, s)
+	})
+}
