@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -38,7 +37,7 @@ func (s *Store) Diff(ctx context.Context, ref string) (io.ReadCloser, error) {
 	}
 	rc, err := graphdriver.Diff(ctx, s.driver, id, parent)
 	if err != nil {
-		return nil, fmt.Errorf("diff of %s: %w", ref, errors.Join(err, release()))
+		return nil, fmt.Errorf("diff of %s: %w", ref, joinErrors(err, release()))
 	}
 	return &pinnedReader{ReadCloser: rc, release: release}, nil
 }
@@ -53,7 +52,7 @@ type pinnedReader struct {
 
 func (r *pinnedReader) Close() error {
 	r.once.Do(func() {
-		r.err = errors.Join(r.ReadCloser.Close(), r.release())
+		r.err = joinErrors(r.ReadCloser.Close(), r.release())
 	})
 	return r.err
 }
@@ -84,14 +83,14 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 		for _, p := range pinned {
 			errs = append(errs, s.unmountLayer(p, false, false))
 		}
-		return errors.Join(errs...)
+		return joinErrors(errs...)
 	}
 	for _, p := range []string{id, parent} {
 		if p == "" {
 			continue
 		}
 		if _, err := s.mountLayer(p); err != nil {
-			return "", "", nil, errors.Join(err, unpin())
+			return "", "", nil, joinErrors(err, unpin())
 		}
 		pinned = append(pinned, p)
 	}

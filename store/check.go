@@ -264,7 +264,7 @@ func (s *Store) checkMounts(r *Report, fix bool) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs...)
 }
 
 // layerIDIn returns the layer ID among the components of path below the
@@ -412,7 +412,7 @@ func (s *Store) Repair(ctx context.Context, opts RepairOptions) (*Report, error)
 		}
 		p.Fixed = true
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := joinErrors(errs...); err != nil {
 		return r, fmt.Errorf("repair: %w", err)
 	}
 	return r, nil

@@ -102,7 +102,7 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		}
 		blobs = append(blobs, d)
 		if err := s.writeBlob(b); err != nil {
-			return nil, fmt.Errorf("create image %s: %w", id, errors.Join(err, s.gcBlobs()))
+			return nil, fmt.Errorf("create image %s: %w", id, joinErrors(err, s.gcBlobs()))
 		}
 	}
 	s.crashPoint("image-blobs-written")
@@ -143,7 +143,7 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create image %s: %w", id, errors.Join(err, s.gcBlobs()))
+		return nil, fmt.Errorf("create image %s: %w", id, joinErrors(err, s.gcBlobs()))
 	}
 	return s.imageByID(s.q, id)
 }

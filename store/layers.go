@@ -340,7 +340,7 @@ func completeLayer(tx querier, id string, diffID, chainID digest.Digest, tarSize
 // "removing" mark is needed, and none is written to a full disk.
 func (s *Store) discardLayer(id string, cause error) error {
 	if err := s.dropLayer(id); err != nil {
-		return errors.Join(cause, fmt.Errorf("clean up layer %s: %w", id, err))
+		return joinErrors(cause, fmt.Errorf("clean up layer %s: %w", id, err))
 	}
 	return noSpace(cause)
 }
@@ -439,7 +439,7 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 	if lerr != nil {
 		// Closed meanwhile: the layer stays incomplete, which the next
 		// Open removes.
-		return nil, fmt.Errorf("apply layer %s: %w", id, errors.Join(err, lerr))
+		return nil, fmt.Errorf("apply layer %s: %w", id, joinErrors(err, lerr))
 	}
 	defer unlock()
 	if err != nil {

@@ -98,7 +98,7 @@ func (s *Store) resolveMountable(ref string) (string, error) {
 	}
 	id, lerr := s.resolveLayer(s.q, ref)
 	if errors.Is(lerr, ErrLayerUnknown) {
-		return "", fmt.Errorf("%q is neither a container nor a layer: %w", ref, errors.Join(ErrContainerUnknown, ErrLayerUnknown))
+		return "", fmt.Errorf("%q is neither a container nor a layer: %w", ref, joinErrors(ErrContainerUnknown, ErrLayerUnknown))
 	}
 	return id, lerr
 }
@@ -182,7 +182,7 @@ func (s *Store) unmountLayer(id string, all, detach bool) error {
 		// Busy: detached, the path is no longer a mount point, and
 		// drivers reconcile their counts with mountinfo.
 		if derr := graphdriver.UnmountDetach(m.path); derr != nil {
-			return fmt.Errorf("%w: %w", ErrInUse, errors.Join(err, derr))
+			return fmt.Errorf("%w: %w", ErrInUse, joinErrors(err, derr))
 		}
 		err, n = nil, 0
 	}

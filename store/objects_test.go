@@ -266,8 +266,8 @@ func TestContainersAndMounts(t *testing.T) {
 		if err := s.Unmount("web", false); err != nil {
 			t.Fatalf("unmount of unmounted: %v", err)
 		}
-		if _, err := s.Mount("nosuch"); !errors.Is(err, store.ErrContainerUnknown) || !errors.Is(err, store.ErrLayerUnknown) {
-			t.Fatalf("mount unknown: %v", err)
+		if _, err := s.Mount("nosuch"); !errors.Is(err, store.ErrContainerUnknown) || !errors.Is(err, store.ErrLayerUnknown) || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("mount unknown: %q", err)
 		}
 		// Changes and Diff against the image.
 		changes, err := s.Changes(context.Background(), "web")

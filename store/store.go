@@ -341,7 +341,7 @@ func (s *Store) closeAll() error {
 	if s.lockFile != nil {
 		errs = append(errs, s.lockFile.Close())
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs...)
 }
 
 // Root returns the store's root directory.
@@ -406,3 +406,37 @@ func noSpace(err error) error {
 	}
 	return err
 }
+
+// joinErrors is errors.Join on one line: errors of this package end up
+// as the one "layers: what failed: why" line of the CLI, and errors.Join
+// separates its errors with newlines. nil errors are dropped; nil when
+// none is left.
+func joinErrors(errs ...error) error {
+	var kept []error
+	for _, err := range errs {
+		if err != nil {
+			kept = append(kept, err)
+		}
+	}
+	switch len(kept) {
+	case 0:
+		return nil
+	case 1:
+		return kept[0]
+	}
+	return lineErrors(kept)
+}
+
+// lineErrors are several errors, joined with "; ".
+type lineErrors []error
+
+func (e lineErrors) Error() string {
+	parts := make([]string, len(e))
+	for i, err := range e {
+		parts[i] = err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Unwrap gives errors.Is and errors.As every error.
+func (e lineErrors) Unwrap() []error { return e }

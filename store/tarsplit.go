@@ -169,22 +169,22 @@ func (s *Store) LayerTar(ctx context.Context, ref string) (io.ReadCloser, error)
 		return s.Diff(ctx, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tar of layer %s: %w", ref, errors.Join(err, release2()))
+		return nil, fmt.Errorf("tar of layer %s: %w", ref, joinErrors(err, release2()))
 	}
 	zr, err := gzip.NewReader(f)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("tar of layer %s: layout %s: %w", ref, f.Name(), errors.Join(err, release2()))
+		return nil, fmt.Errorf("tar of layer %s: layout %s: %w", ref, f.Name(), joinErrors(err, release2()))
 	}
 	m, err := s.readMount(s.q, id)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("tar of layer %s: %w", ref, errors.Join(err, release2()))
+		return nil, fmt.Errorf("tar of layer %s: %w", ref, joinErrors(err, release2()))
 	}
 	rootfd, err := unix.Open(m.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("tar of layer %s: open %s: %w", ref, m.path, errors.Join(err, release2()))
+		return nil, fmt.Errorf("tar of layer %s: open %s: %w", ref, m.path, joinErrors(err, release2()))
 	}
 	rc := asm.NewOutputTarStream(inRootGetter{ctx: ctx, rootfd: rootfd}, storage.NewJSONUnpacker(zr))
 	return &pinnedReader{ReadCloser: rc, release: func() error {
