@@ -245,6 +245,12 @@ func TestApplyDiff(t *testing.T) {
 		if !errors.Is(err, store.ErrDigestMismatch) {
 			t.Fatalf("wrong diff ID: %v", err)
 		}
+		// A cancelled apply fails and leaves nothing.
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := s.ApplyDiff(cctx, "", bytes.NewReader(bigTar(3)), nil); !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled apply: %v", err)
+		}
 		// Garbage fails and leaves nothing.
 		if _, err := s.ApplyDiff(ctx, "", bytes.NewReader([]byte("not a tar at all, not even close........")), nil); err == nil {
 			t.Fatal("garbage applied")
