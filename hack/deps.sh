@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 #   attr                            getfattr/setfattr for debugging xattr cases
 #   busybox-static                  the runnable fixture image
 #   tar gzip zstd pigz              GNU tar and friends: the benchmark baseline
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz)
+#   docker-registry                 Debian's distribution registry: image/'s pull and push tests
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz docker-registry)
 
 missing=()
 for p in "${packages[@]}"; do
