@@ -37,8 +37,8 @@
 //	ROOT/store.lock         the store-wide lock file
 //	ROOT/tmp/<id>.lock      held while layer <id> is being applied
 //	ROOT/blobs/sha256/<hex> image configs and manifests, content-addressed
-//	ROOT/tar-split/<id>.json.gz  the header layout of the tar layer <id>
-//	                        was applied from (see LayerTar)
+//	ROOT/tar-layout/<id>.gz the layout of the tar layer <id> was
+//	                        applied from (see LayerTar)
 //	ROOT/<driver>/          the driver's home; the driver's name is
 //	                        recorded in the database on first use
 //

@@ -350,7 +350,7 @@ func (s *Store) dropLayer(id string) error {
 	if err := s.driver.Remove(id); err != nil {
 		return err
 	}
-	if err := os.Remove(s.tarSplitPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(s.layoutPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	s.crashPoint("drop-data-removed")

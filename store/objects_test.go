@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -428,7 +429,7 @@ func TestCheckAndRepair(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "blobs", "sha256", hex64('f')), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		strayLayout := filepath.Join(root, "tar-split", hex64('9')+".json.gz")
+		strayLayout := filepath.Join(root, "tar-layout", hex64('9')+".gz")
 		if err := os.WriteFile(strayLayout, []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -760,6 +761,78 @@ func TestBusyMount(t *testing.T) {
 			t.Fatal("still mounted after rm -f")
 		}
 		f.Close()
+		assertClean(t, s)
+	})
+}
+
+// Tars the layout must give back too: GNU sparse entries in both GNU
+// formats (made by GNU tar), long names (PAX), hardlinks, devices; and a
+// tar listing a path twice, whose first content the layer no longer has:
+// LayerTar exports it instead, and Check does not call it damaged.
+func TestLayerTarHardCases(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(src, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(8 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("data in the middle"), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var sparseTars [][]byte
+	for _, format := range []string{"gnu", "posix"} {
+		out, err := exec.Command("tar", "--format="+format, "-S", "-C", src, "-cf", "-", ".").Output()
+		if err != nil {
+			t.Skipf("GNU tar: %v", err)
+		}
+		sparseTars = append(sparseTars, out)
+	}
+	long := strings.Repeat("d", 120) + "/" + strings.Repeat("f", 150)
+	other := tarOf(
+		fixtures.Dir(strings.Repeat("d", 120), 0o755),
+		fixtures.File(long, "long name", 0o644, fixtures.Xattr("user.k", "v")),
+		fixtures.Hardlink("link", long),
+		fixtures.CharDev("null", 1, 3, 0o666),
+		fixtures.Fifo("fifo", 0o644),
+		fixtures.File("empty", "", 0o644),
+	)
+	twice := tarOf(fixtures.File("f", "first", 0o644), fixtures.File("f", "second", 0o644))
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		ctx := context.Background()
+		s := open(t, driver, root)
+		for i, tb := range append(sparseTars, other, twice) {
+			l, err := s.ApplyDiff(ctx, "", bytes.NewReader(tb), nil)
+			if err != nil {
+				t.Fatalf("tar %d: %v", i, err)
+			}
+			rc, err := s.LayerTar(ctx, l.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(rc)
+			if cerr := rc.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatalf("tar %d: %v", i, err)
+			}
+			if &tb[0] == &twice[0] {
+				if names := tarNames(t, io.NopCloser(bytes.NewReader(got))); len(names) != 1 || names[0] != "f" {
+					t.Fatalf("export of the twice-listed tar: %v", names)
+				}
+				continue
+			}
+			if !bytes.Equal(got, tb) {
+				t.Fatalf("tar %d: got %d bytes back, want the %d applied", i, len(got), len(tb))
+			}
+		}
 		assertClean(t, s)
 	})
 }

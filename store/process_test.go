@@ -407,7 +407,7 @@ func TestFullDisk(t *testing.T) {
 			if _, err := s.ApplyDiff(context.Background(), base.ID, bytes.NewReader(upperTar), nil); err != nil {
 				t.Fatalf("apply after the failure: %v", err)
 			}
-			ents, _ := os.ReadDir(filepath.Join(root, "tar-split"))
+			ents, _ := os.ReadDir(filepath.Join(root, "tar-layout"))
 			if len(ents) != 2 {
 				t.Fatalf("tar layouts: %d, want 2", len(ents))
 			}
