@@ -90,6 +90,15 @@ func testFlow(t *testing.T, r *root) {
 		t.Fatalf("create printed %q, want an ID and a newline", out)
 	}
 
+	// Shell completion offers the container by name and short ID, and
+	// images by name.
+	if res := r.exec(t, nil, "__complete", "mount", ""); res.code != 0 || !strings.Contains(res.stdout, "c1\n") || !strings.Contains(res.stdout, cid[:12]+"\n") {
+		t.Fatalf("completion of mount: %s", res)
+	}
+	if res := r.exec(t, nil, "__complete", "create", ""); res.code != 0 || !strings.Contains(res.stdout, img.name+"\n") {
+		t.Fatalf("completion of create: %s", res)
+	}
+
 	// ps
 	var cs []containerJSON
 	decode(t, r.ok(t, "ps", "--format", "json"), &cs)
