@@ -23,6 +23,9 @@
 //	                      layers without parent, since overlay needs one
 //	HOME/tmp/<name>       a layer being built or removed, New's probe
 //	HOME/tmp/<name>.lock  its lock file (flock)
+//	HOME/mount-probe.json what New probed (mount method, userxattr), for
+//	                      the next process on the same kernel,
+//	                      filesystem and options
 //
 // Image layers (Create) are filled by ApplyDiff straight into their diff
 // dir, without mounting anything, and are mounted read-only: their own
@@ -52,7 +55,7 @@
 // mount(2) with the bare short names, resolved against HOME/l as working
 // directory of the mounting thread, so 500 lowers fit its one page of
 // options too. New picks the method with a probe mount, which also refuses
-// homes that cannot be an upper dir (overlay on overlay). Mount options
+// homes that cannot be an upper dir (overlay on overlay), and records it. Mount options
 // are index=off,metacopy=off,redirect_dir=nofollow unless storage options
 // say otherwise; see config.mountOptions.
 //
@@ -165,23 +168,59 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
 	d.tmp = tmp
-	ok, err := supportsDType(tmp.Path())
-	if err != nil {
-		return nil, fmt.Errorf("overlay: %w", err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("overlay: the %s filesystem of %s does not report file types in directory entries (d_type), which overlay needs; use --driver vfs: %w",
-			d.fsType, home, graphdriver.ErrNotSupported)
-	}
-	if cfg.userXattr != nil {
-		d.userXattr = *cfg.userXattr
-	} else if d.userXattr, err = needUserXattr(tmp.Path()); err != nil {
-		return nil, fmt.Errorf("overlay: %w", err)
-	}
-	if d.method, err = d.probe(); err != nil {
+	if err := d.settle(&st); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// settle decides how layers are mounted: from the record of an earlier
+// probe of this home (same kernel, filesystem and options), or by probing
+// (d_type, trusted xattrs, a probe mount with each method), recording the
+// result for the next process. Every CLI process opens the driver, and
+// the probe mount is most of what that costs.
+func (d *Driver) settle(st *unix.Statfs_t) error {
+	rec := probeRecord{FSType: int64(st.Type), Options: d.config.String()}
+	if rec.Kernel = kernelRelease(); rec.Kernel == "" {
+		return d.probeAll(nil)
+	}
+	var fi unix.Stat_t
+	if err := unix.Stat(d.home, &fi); err == nil {
+		rec.Dev, rec.Ino = fi.Dev, fi.Ino
+	}
+	if old, ok := readProbeRecord(d.probeFile()); ok && old.matches(rec) {
+		d.method, d.userXattr = old.Method, old.UserXattr
+		return nil
+	}
+	return d.probeAll(&rec)
+}
+
+// probeAll probes the home and the kernel and, when rec is not nil, records
+// the result in it and on disk.
+func (d *Driver) probeAll(rec *probeRecord) error {
+	ok, err := supportsDType(d.tmp.Path())
+	if err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("overlay: the %s filesystem of %s does not report file types in directory entries (d_type), which overlay needs; use --driver vfs: %w",
+			d.fsType, d.home, graphdriver.ErrNotSupported)
+	}
+	if d.config.userXattr != nil {
+		d.userXattr = *d.config.userXattr
+	} else if d.userXattr, err = needUserXattr(d.tmp.Path()); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	if d.method, err = d.probe(); err != nil {
+		return err
+	}
+	if rec != nil {
+		rec.Method, rec.UserXattr = d.method, d.userXattr
+		// A record that cannot be written costs the next process a
+		// probe, nothing more.
+		_ = writeProbeRecord(d.probeFile(), d.tmp, *rec)
+	}
+	return nil
 }
 
 // mountOptions are the options of every mount of this driver.
@@ -257,7 +296,7 @@ func supportsDType(dir string) (bool, error) {
 func (d *Driver) String() string { return Name }
 
 // reserved are the names under HOME that are not layers.
-var reserved = map[string]bool{"l": true, "tmp": true, "empty": true}
+var reserved = map[string]bool{"l": true, "tmp": true, "empty": true, probeFileName: true}
 
 // validID refuses IDs that are not one plain path element or that name
 // one of the driver's own entries of HOME.

@@ -618,3 +618,49 @@ func sorted(s []string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// New records what it probed in the home, and the next New on the same
+// kernel, filesystem and options takes the record instead of probing;
+// anything else probes again.
+func TestProbeRecord(t *testing.T) {
+	home := t.TempDir()
+	d := newDriver(t, home)
+	rec, ok := readProbeRecord(d.probeFile())
+	if !ok || rec.Method != d.method || rec.Kernel == "" {
+		t.Fatalf("probe record after New: %+v, %v", rec, ok)
+	}
+	// Doctor the record: a New that takes it shows the doctored method.
+	rec.Method = methodMount
+	if err := writeProbeRecord(d.probeFile(), d.tmp, rec); err != nil {
+		t.Fatal(err)
+	}
+	if d2 := newDriver(t, home); d2.method != methodMount {
+		t.Errorf("New did not take the record: method %s", d2.method)
+	}
+	// Another kernel, other options or a damaged record: probe again.
+	for name, doctor := range map[string]func(){
+		"kernel": func() {
+			r := rec
+			r.Kernel = "2.6.32"
+			_ = writeProbeRecord(d.probeFile(), d.tmp, r)
+		},
+		"damaged": func() { _ = os.WriteFile(d.probeFile(), []byte("{"), 0o600) },
+	} {
+		doctor()
+		if d2 := newDriver(t, home); d2.method != methodFsconfigFd {
+			t.Errorf("%s: New took a stale record: method %s", name, d2.method)
+		}
+	}
+	_ = writeProbeRecord(d.probeFile(), d.tmp, rec)
+	drv, err := New(home, map[string]string{"overlay.redirect_dir": "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Cleanup()
+	if m := drv.(*Driver).method; m != methodFsconfigFd {
+		t.Errorf("other options: New took the record: method %s", m)
+	}
+	if d.Exists(probeFileName) || d.Create(probeFileName, "", nil) == nil {
+		t.Errorf("%s is usable as a layer ID", probeFileName)
+	}
+}
