@@ -6,8 +6,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,4 +112,73 @@ func splitNames(b []byte) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Syscall numbers of listxattrat and getxattrat (Linux 6.13), the same on
+// every architecture (new syscalls share one table); golang.org/x/sys does
+// not wrap them yet.
+const (
+	sysGetxattrat  = 464
+	sysListxattrat = 465
+)
+
+// ListAt is llistxattr(2) of entry name of directory dirfd, with
+// listxattrat(2): the kernel resolves one name relative to dirfd rather
+// than a path, so it works below PATH_MAX-long directories and costs one
+// lookup. flags is unix.AT_SYMLINK_NOFOLLOW (or 0 to follow a final
+// symlink). It returns the raw NUL-separated list in dest, or with a nil
+// dest the size needed. On kernels before 6.13 it fails with unix.ENOSYS
+// (or unix.EPERM under some seccomp filters); callers fall back to a path.
+func ListAt(dirfd int, name string, flags int, dest []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	var d unsafe.Pointer
+	if len(dest) > 0 {
+		d = unsafe.Pointer(&dest[0])
+	}
+	n, _, errno := unix.Syscall6(sysListxattrat, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(flags),
+		uintptr(d), uintptr(len(dest)), 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// xattrArgs is the kernel's struct xattr_args on 64-bit platforms (value
+// is an __aligned_u64 there, a pointer here so that the garbage collector
+// and stack moves see it).
+type xattrArgs struct {
+	value *byte
+	size  uint32
+	flags uint32
+}
+
+// GetAt is lgetxattr(2) of attribute attr of entry name of directory
+// dirfd, with getxattrat(2); flags and errors as for ListAt. With a nil
+// dest it returns the size needed.
+func GetAt(dirfd int, name string, flags int, attr string, dest []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	a, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, err
+	}
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		return 0, unix.ENOSYS // xattrArgs would not match the kernel's layout
+	}
+	args := xattrArgs{size: uint32(len(dest))}
+	if len(dest) > 0 {
+		args.value = &dest[0]
+	}
+	n, _, errno := unix.Syscall6(sysGetxattrat, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(flags),
+		uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+	runtime.KeepAlive(&args)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
