@@ -2,6 +2,7 @@ package diff
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -74,9 +75,14 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
+	// Buffered: archive/tar makes several small writes per entry (PAX
+	// header, its records, padding, the header, content, padding), and
+	// drivers hand w to an io.Pipe, where each write is a handoff to the
+	// reading goroutine.
+	bw := bufio.NewWriterSize(w, exportBufferSize)
 	e := &exporter{
 		ctx:     ctx,
-		tw:      tar.NewWriter(w),
+		tw:      tar.NewWriter(bw),
 		root:    root,
 		ds:      ds,
 		opts:    opts,
@@ -127,8 +133,15 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	if err := e.tw.Close(); err != nil {
 		return fmt.Errorf("export: finish tar: %w", err)
 	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("export: finish tar: %w", err)
+	}
 	return nil
 }
+
+// exportBufferSize is the size of the writes Export makes to its writer
+// (except for content that bypasses the buffer, being bigger).
+const exportBufferSize = 64 << 10
 
 // WriteDiff writes the changes from lower to upper as an uncompressed layer
 // tar to w: Changes followed by Export of upper. lower "" is an empty tree,
@@ -180,6 +193,7 @@ type exporter struct {
 	dirs  map[string]bool
 	links map[inodeKey]string // first tar name of each hardlinked regular file written
 	buf   []byte
+	xr    xattrReader
 
 	changes []Change
 	// unchangedLinks maps the inode of each hardlinked regular file of
@@ -429,16 +443,16 @@ func (e *exporter) writeEntry(p, name string, st *unix.Stat_t) error {
 	default:
 		return fmt.Errorf("export %s: unsupported file type %#o", p, typ)
 	}
-	xattrs, err := exportXattrs(e.ds.procPath(name))
+	xattrs, err := e.xr.read(dirfd, name, func() string { return e.ds.procPath(name) })
 	if err != nil {
 		return fmt.Errorf("export %s: %w", p, err)
 	}
 	if len(xattrs) > 0 {
 		hdr.PAXRecords = make(map[string]string, len(xattrs))
-		for k, v := range xattrs {
+		for _, x := range xattrs {
 			// archive/tar sorts PAX records when writing, so map order
 			// does not leak into the bytes.
-			hdr.PAXRecords["SCHILY.xattr."+k] = string(v)
+			hdr.PAXRecords["SCHILY.xattr."+x.name] = x.value
 		}
 	}
 	if err := e.tw.WriteHeader(hdr); err != nil {
