@@ -2,8 +2,8 @@ package diff
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -67,6 +67,12 @@ var whiteoutTime = time.Unix(0, 0)
 // absolute and clean, or that has a name starting with ".wh." (which no
 // layer tar can carry) is an error.
 func Export(ctx context.Context, w io.Writer, root string, changes []Change, opts ExportOptions) error {
+	return export(ctx, w, root, changes, opts, exportWorkers(len(changes)))
+}
+
+// export is Export with workers goroutines reading entries ahead of the
+// writer (0: all on the caller's goroutine).
+func export(ctx context.Context, w io.Writer, root string, changes []Change, opts ExportOptions, workers int) error {
 	sorted := make([]Change, len(changes))
 	copy(sorted, changes)
 	SortChanges(sorted)
@@ -75,26 +81,26 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	// Buffered: archive/tar makes several small writes per entry (PAX
-	// header, its records, padding, the header, content, padding), and
-	// drivers hand w to an io.Pipe, where each write is a handoff to the
-	// reading goroutine.
-	bw := bufio.NewWriterSize(w, exportBufferSize)
 	e := &exporter{
 		ctx:     ctx,
-		tw:      tar.NewWriter(bw),
 		root:    root,
 		ds:      ds,
 		opts:    opts,
 		dirs:    make(map[string]bool),
 		links:   make(map[inodeKey]string),
 		changes: sorted,
-		buf:     make([]byte, 128<<10),
 	}
 	defer e.ds.close()
+	return e.run(w, workers)
+}
+
+// plan walks the sorted changes and emits, in tar order, every entry to
+// write, until done or an error (which is returned, not emitted).
+func (e *exporter) plan() error {
+	sorted := e.changes
 	last := "" // path of the last change written, to write duplicates once
 	for i := 0; i < len(sorted); i++ {
-		if err := ctx.Err(); err != nil {
+		if err := e.ctx.Err(); err != nil {
 			return fmt.Errorf("export: %w", err)
 		}
 		c := sorted[i]
@@ -130,18 +136,8 @@ func Export(ctx context.Context, w io.Writer, root string, changes []Change, opt
 		}
 		last = c.Path
 	}
-	if err := e.tw.Close(); err != nil {
-		return fmt.Errorf("export: finish tar: %w", err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("export: finish tar: %w", err)
-	}
 	return nil
 }
-
-// exportBufferSize is the size of the writes Export makes to its writer
-// (except for content that bypasses the buffer, being bigger).
-const exportBufferSize = 64 << 10
 
 // WriteDiff writes the changes from lower to upper as an uncompressed layer
 // tar to w: Changes followed by Export of upper. lower "" is an empty tree,
@@ -174,10 +170,13 @@ func checkChangePath(p string) error {
 
 type inodeKey struct{ dev, ino uint64 }
 
-// exporter holds the state of one Export.
+// exporter holds the state of one Export. Its walk of the changes (plan
+// and what it calls) runs on one goroutine: it stats each entry, decides
+// what the tar holds (parents, hardlinks, whiteouts) and emits the entries
+// in order; reading their xattrs and content, and writing the tar, happen
+// in exportItem.prepare and tarOut.write (export_pipeline.go).
 type exporter struct {
 	ctx  context.Context
-	tw   *tar.Writer
 	root string
 	// ds is open on the directory of the last entry written: entries come
 	// in component order, so most entries only need their parent's
@@ -192,8 +191,6 @@ type exporter struct {
 	// number of directories, not of files.
 	dirs  map[string]bool
 	links map[inodeKey]string // first tar name of each hardlinked regular file written
-	buf   []byte
-	xr    xattrReader
 
 	changes []Change
 	// unchangedLinks maps the inode of each hardlinked regular file of
@@ -201,7 +198,19 @@ type exporter struct {
 	// built on the first hardlinked file exported, since only then is the
 	// walk of all of root worth it.
 	unchangedLinks map[inodeKey]string
+
+	// emit hands one entry to the writer, in order; false means the
+	// export is being abandoned (the writer failed) and plan must stop.
+	emit func(*exportItem) bool
+	// shared: items read relative to other descriptors than ds's own,
+	// duplicated, since ds closes its own while they are still read.
+	shared bool
+	ref    *dirRef // the descriptor of ds's top directory that items hold
 }
+
+// errAbandoned stops plan when the writer has failed; the writer's error
+// is the one Export returns.
+var errAbandoned = errors.New("export abandoned")
 
 // unchangedName returns the tar name of a name of inode key that is not in
 // the exported set, or "" when every name of it is exported.
@@ -298,14 +307,12 @@ func (e *exporter) deleted(p string, replaced bool) error {
 // marker writes a whiteout or opaque marker: an empty regular file with
 // mode 0, owner 0:0 and a fixed mtime, as the image-spec describes them.
 func (e *exporter) marker(name string) error {
-	hdr := &tar.Header{
-		Typeflag: tar.TypeReg,
-		Name:     name,
-		ModTime:  whiteoutTime,
-		Format:   tar.FormatPAX,
+	it := &exportItem{
+		hdr:     tarHeader{typeflag: tar.TypeReg, name: name, mtime: whiteoutTime},
+		errName: name,
 	}
-	if err := e.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("export %s: %w", name, err)
+	if !e.emit(it) {
+		return errAbandoned
 	}
 	return nil
 }
@@ -374,28 +381,34 @@ func (e *exporter) entry(p string) error {
 	return e.writeEntry(p, name, &st)
 }
 
-// writeEntry writes the header (and content) of p, whose lstat is st and
-// which is entry name of the directory e.ds is on.
+// writeEntry emits the entry of p, whose lstat is st and which is entry
+// name of the directory e.ds is on.
 func (e *exporter) writeEntry(p, name string, st *unix.Stat_t) error {
 	dirfd := e.ds.fd()
 	typ := st.Mode & unix.S_IFMT
 	if typ == unix.S_IFDIR {
 		e.dirs[p] = true
 	}
-	hdr := &tar.Header{
-		Name:    tarName(p, typ == unix.S_IFDIR),
-		Mode:    int64(st.Mode & 0o7777),
-		Uid:     int(st.Uid),
-		Gid:     int(st.Gid),
-		ModTime: e.mtime(st),
-		Format:  tar.FormatPAX,
+	it := &exportItem{
+		hdr: tarHeader{
+			name:  tarName(p, typ == unix.S_IFDIR),
+			mode:  int64(st.Mode & 0o7777),
+			uid:   int(st.Uid),
+			gid:   int(st.Gid),
+			mtime: e.mtime(st),
+		},
+		path:    p,
+		errName: p,
+		name:    name,
+		xattrs:  true,
 	}
+	hdr := &it.hdr
 	switch typ {
 	case unix.S_IFDIR:
-		hdr.Typeflag = tar.TypeDir
+		hdr.typeflag = tar.TypeDir
 	case unix.S_IFREG:
-		hdr.Typeflag = tar.TypeReg
-		hdr.Size = st.Size
+		hdr.typeflag = tar.TypeReg
+		hdr.size = st.Size
 		if st.Nlink > 1 {
 			key := inodeKey{uint64(st.Dev), st.Ino}
 			first, ok := e.links[key]
@@ -410,100 +423,78 @@ func (e *exporter) writeEntry(p, name string, st *unix.Stat_t) error {
 				}
 			}
 			if ok {
-				hdr.Typeflag = tar.TypeLink
-				hdr.Linkname = first
-				hdr.Size = 0
+				hdr.typeflag = tar.TypeLink
+				hdr.linkname = first
+				hdr.size = 0
 				// The link shares the first entry's inode: its
 				// xattrs were written there.
-				if err := e.tw.WriteHeader(hdr); err != nil {
-					return fmt.Errorf("export %s: %w", p, err)
-				}
-				return nil
+				it.xattrs = false
+				break
 			}
-			e.links[key] = hdr.Name
+			e.links[key] = hdr.name
 		}
 	case unix.S_IFLNK:
-		hdr.Typeflag = tar.TypeSymlink
+		hdr.typeflag = tar.TypeSymlink
 		target, err := readlinkAt(dirfd, name)
 		if err != nil {
 			return fmt.Errorf("export %s: readlink: %w", p, err)
 		}
-		hdr.Linkname = target
+		hdr.linkname = target
 	case unix.S_IFCHR, unix.S_IFBLK:
-		hdr.Typeflag = tar.TypeChar
+		hdr.typeflag = tar.TypeChar
 		if typ == unix.S_IFBLK {
-			hdr.Typeflag = tar.TypeBlock
+			hdr.typeflag = tar.TypeBlock
 		}
-		hdr.Devmajor = int64(unix.Major(uint64(st.Rdev)))
-		hdr.Devminor = int64(unix.Minor(uint64(st.Rdev)))
+		hdr.devmajor = int64(unix.Major(uint64(st.Rdev)))
+		hdr.devminor = int64(unix.Minor(uint64(st.Rdev)))
 	case unix.S_IFIFO:
-		hdr.Typeflag = tar.TypeFifo
+		hdr.typeflag = tar.TypeFifo
 	case unix.S_IFSOCK:
 		return nil // a tar cannot hold a socket; it is recreated by whoever binds it
 	default:
 		return fmt.Errorf("export %s: unsupported file type %#o", p, typ)
 	}
-	xattrs, err := e.xr.read(dirfd, name, func() string { return e.ds.procPath(name) })
-	if err != nil {
-		return fmt.Errorf("export %s: %w", p, err)
-	}
-	if len(xattrs) > 0 {
-		hdr.PAXRecords = make(map[string]string, len(xattrs))
-		for _, x := range xattrs {
-			// archive/tar sorts PAX records when writing, so map order
-			// does not leak into the bytes.
-			hdr.PAXRecords["SCHILY.xattr."+x.name] = x.value
+	if it.xattrs || (hdr.typeflag == tar.TypeReg && hdr.size > 0) {
+		ref, err := e.dirRef()
+		if err != nil {
+			return fmt.Errorf("export %s: %w", p, err)
 		}
+		ref.refs.Add(1)
+		it.dir = ref
 	}
-	if err := e.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("export %s: %w", p, err)
-	}
-	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-		return e.copyContent(p, dirfd, name, hdr.Size)
+	if !e.emit(it) {
+		return errAbandoned
 	}
 	return nil
 }
 
-// copyContent writes exactly size bytes of file name of directory dirfd
-// (layer path p). A file that shrank
-// since it was stat'ed is an error (the header already promised size
-// bytes); growth past size is not seen, as with any tar of a live tree.
-func (e *exporter) copyContent(p string, dirfd int, name string, size int64) error {
-	// O_NOFOLLOW: the entry was lstat'ed as a regular file; if it has
-	// been swapped for a symlink since, fail rather than read whatever it
-	// points to (possibly outside root). A raw descriptor rather than an
-	// os.File: os.OpenFile tries to register every file with the poller,
-	// a wasted syscall per file that BenchmarkExport showed at ~10%.
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("export %s: open: %w", p, err)
+// dirRef returns the reference of the directory e.ds is on, which items
+// read their entries relative to.
+func (e *exporter) dirRef() (*dirRef, error) {
+	fd := e.ds.fd()
+	if r := e.ref; r != nil && r.path == e.ds.cur && r.orig == fd {
+		return r, nil
 	}
-	defer unix.Close(fd)
-	var n int64
-	for n < size {
-		if err := e.ctx.Err(); err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
-		}
-		buf := e.buf
-		if rest := size - n; rest < int64(len(buf)) {
-			buf = buf[:rest]
-		}
-		m, err := unix.Read(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
+	e.releaseRef()
+	r := &dirRef{fd: fd, orig: fd, path: e.ds.cur}
+	if e.shared {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("export %s: read: %w", p, err)
+			return nil, fmt.Errorf("duplicate descriptor of %s: %w", e.ds.hostPath(e.ds.cur), err)
 		}
-		if m == 0 {
-			return fmt.Errorf("export %s: file shrank while being read (%d of %d bytes): %w", p, n, size, io.ErrUnexpectedEOF)
-		}
-		if _, err := e.tw.Write(buf[:m]); err != nil {
-			return fmt.Errorf("export %s: %w", p, err)
-		}
-		n += int64(m)
+		r.fd, r.owned = dup, true
 	}
-	return nil
+	r.refs.Store(1) // e's own, until it moves to another directory
+	e.ref = r
+	return r, nil
+}
+
+// releaseRef drops e's reference to the directory it was on.
+func (e *exporter) releaseRef() {
+	if e.ref != nil {
+		e.ref.release()
+		e.ref = nil
+	}
 }
 
 // mtime returns st's mtime, clamped to SourceDateEpoch when set.

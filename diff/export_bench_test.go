@@ -17,7 +17,8 @@ import (
 // 10,000 tiny files (3 to 9 bytes, as overlay's BenchmarkDiffer writes)
 // in 100 directories, on tmpfs. Export is compared in the same run with
 // refExport (the serial exporter it replaced, the oracle of
-// TestExportMatchesReference) and GNU tar archiving the same files; "pipe"
+// TestExportMatchesReference), Export without its reader goroutines
+// ("serial") and GNU tar archiving the same files; "pipe"
 // streams through an io.Pipe to another goroutine, as a driver's Diff
 // does, "discard" writes to io.Discard.
 func BenchmarkExportSmallFiles(b *testing.B) {
@@ -44,7 +45,13 @@ func BenchmarkExportSmallFiles(b *testing.B) {
 	exporters := []struct {
 		name string
 		f    func(context.Context, io.Writer, string, []Change, ExportOptions) error
-	}{{"export", Export}, {"reference", refExport}}
+	}{
+		{"export", Export},
+		{"serial", func(ctx context.Context, w io.Writer, root string, c []Change, o ExportOptions) error {
+			return export(ctx, w, root, c, o, 0)
+		}},
+		{"reference", refExport},
+	}
 	for _, ex := range exporters {
 		b.Run(ex.name+"/discard", func(b *testing.B) {
 			for b.Loop() {

@@ -27,26 +27,40 @@ import (
 func efCompare(t *testing.T, what, root string, changes []Change, opts ExportOptions) []byte {
 	t.Helper()
 	ctx := context.Background()
-	var got, want bytes.Buffer
-	gerr := Export(ctx, &got, root, changes, opts)
+	var want bytes.Buffer
 	werr := refExport(ctx, &want, root, changes, opts)
-	if (gerr == nil) != (werr == nil) || (gerr != nil && gerr.Error() != werr.Error()) {
-		t.Fatalf("%s: Export error %v, reference error %v", what, gerr, werr)
+	w := want.Bytes()
+	// Export as it runs here, then serially and with 1 and 4 readers
+	// whatever the number of changes and CPUs.
+	for _, workers := range []int{-1, 0, 1, 4} {
+		var got bytes.Buffer
+		var gerr error
+		if workers < 0 {
+			gerr = Export(ctx, &got, root, changes, opts)
+		} else {
+			gerr = export(ctx, &got, root, changes, opts, workers)
+		}
+		if (gerr == nil) != (werr == nil) || (gerr != nil && gerr.Error() != werr.Error()) {
+			t.Fatalf("%s, workers %d: Export error %v, reference error %v", what, workers, gerr, werr)
+		}
+		if gerr != nil {
+			continue
+		}
+		g := got.Bytes()
+		if !bytes.Equal(g, w) {
+			i := 0
+			for i < len(g) && i < len(w) && g[i] == w[i] {
+				i++
+			}
+			lo := i / 512 * 512
+			t.Fatalf("%s, workers %d: tar differs from the reference at byte %d (block at %d; %d vs %d bytes, sha256 %x vs %x)\ngot block:  %q\nwant block: %q",
+				what, workers, i, lo, len(g), len(w), sha256.Sum256(g), sha256.Sum256(w), efBlock(g, lo), efBlock(w, lo))
+		}
 	}
-	if gerr != nil {
+	if werr != nil {
 		return nil
 	}
-	g, w := got.Bytes(), want.Bytes()
-	if !bytes.Equal(g, w) {
-		i := 0
-		for i < len(g) && i < len(w) && g[i] == w[i] {
-			i++
-		}
-		lo := i / 512 * 512
-		t.Fatalf("%s: tar differs from the reference at byte %d (block at %d; %d vs %d bytes, sha256 %x vs %x)\ngot block:  %q\nwant block: %q",
-			what, i, lo, len(g), len(w), sha256.Sum256(g), sha256.Sum256(w), efBlock(g, lo), efBlock(w, lo))
-	}
-	return g
+	return w
 }
 
 func efBlock(b []byte, off int) []byte {
