@@ -153,7 +153,7 @@ func efRichTree(t *testing.T) (lower, upper string) {
 	ctMkdir(t, upper, "dev", 0o755)
 	ctMknod(t, upper, "dev/null", unix.S_IFCHR|0o666, 1, 3)
 	ctMknod(t, upper, "dev/big", unix.S_IFBLK|0o600, 4095, 1048575)
-	ctMknod(t, upper, "dev/whiteout-like", unix.S_IFCHR|0o000, 0, 0)
+	ctMknod(t, upper, "dev/whiteout-like", unix.S_IFCHR, 0, 0) // mode 0
 	if err := unix.Mkfifo(filepath.Join(upper, "dev/fifo"), 0o620); err != nil {
 		t.Fatal(err)
 	}

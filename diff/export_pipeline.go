@@ -37,6 +37,8 @@ const (
 	// exportWindow bounds the entries read ahead of the writer (so the
 	// memory held: at most exportWindow small files).
 	exportWindow = 128
+	// exportBatchSize is the number of items handed to a worker at once.
+	exportBatchSize = 16
 	// exportSerialBelow is the number of changes under which Export does
 	// not start goroutines: their cost is not paid back.
 	exportSerialBelow = 32
@@ -92,8 +94,13 @@ type exportItem struct {
 	fd   int    // open descriptor of a bigger regular file, when open
 	open bool
 	err  error
+}
 
-	done chan struct{} // closed when prepared (parallel exports only)
+// exportBatch is a run of items that one worker prepares: handing items
+// over one by one cost more in wake-ups than their reads on small files.
+type exportBatch struct {
+	items []*exportItem
+	done  chan struct{} // closed when every item is prepared
 }
 
 // exportReader is what one goroutine needs to prepare items.
@@ -293,8 +300,8 @@ func (e *exporter) run(w io.Writer, workers int) error {
 	}
 
 	e.shared = true
-	order := make(chan *exportItem, exportWindow)
-	work := make(chan *exportItem, exportWindow+1)
+	order := make(chan *exportBatch, exportWindow/exportBatchSize)
+	work := make(chan *exportBatch, exportWindow/exportBatchSize+1)
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	for range workers {
@@ -302,9 +309,11 @@ func (e *exporter) run(w io.Writer, workers int) error {
 		go func() {
 			defer wg.Done()
 			wr := &exportReader{ctx: e.ctx, bufs: r.bufs}
-			for it := range work {
-				wr.prepare(it)
-				close(it.done)
+			for b := range work {
+				for _, it := range b.items {
+					wr.prepare(it)
+				}
+				close(b.done)
 			}
 		}()
 	}
@@ -313,39 +322,58 @@ func (e *exporter) run(w io.Writer, workers int) error {
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		send := func(it *exportItem) bool {
-			it.done = make(chan struct{})
+		b := &exportBatch{}
+		quitted := false
+		// flush hands batch b over; false once the writer has failed.
+		flush := func() bool {
+			if len(b.items) == 0 {
+				return true
+			}
+			full := b
+			b = &exportBatch{}
+			full.done = make(chan struct{})
 			select {
-			case order <- it:
+			case order <- full:
 			case <-quit:
-				if it.dir != nil {
-					it.dir.release()
+				for _, it := range full.items {
+					if it.dir != nil {
+						it.dir.release()
+					}
 				}
+				quitted = true
 				return false
 			}
-			if it.dir == nil {
-				close(it.done)
-			} else {
-				work <- it
-			}
+			work <- full
 			return true
 		}
-		e.emit = send
+		e.emit = func(it *exportItem) bool {
+			if quitted {
+				return false
+			}
+			if b.items == nil {
+				b.items = make([]*exportItem, 0, exportBatchSize)
+			}
+			b.items = append(b.items, it)
+			return len(b.items) < exportBatchSize || flush()
+		}
 		err := e.plan()
 		e.releaseRef()
 		if err != nil && err != errAbandoned {
-			send(&exportItem{err: err})
+			b.items = append(b.items, &exportItem{err: err})
 		}
+		flush()
 	}()
 	var werr error
-	for it := range order {
-		<-it.done
-		if werr != nil {
-			it.discard(r)
-			continue
-		}
-		if werr = out.write(it); werr != nil {
-			close(quit)
+	for b := range order {
+		<-b.done
+		for _, it := range b.items {
+			if werr != nil {
+				it.discard(r)
+				continue
+			}
+			if werr = out.write(it); werr != nil {
+				close(quit)
+			}
 		}
 	}
 	wg.Wait()
