@@ -69,6 +69,7 @@ LAYERS_RUNROOT, LAYERS_DRIVER.`,
 	pf.BoolVar(&a.debug, "debug", false, "print timings and details on stderr")
 
 	a.addImageCommands(root)
+	a.addRegistryCommands(root)
 	a.addContainerCommands(root)
 	a.addLayerCommands(root)
 	a.addAdminCommands(root)
