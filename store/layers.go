@@ -426,7 +426,7 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 	}
 	s.crashPoint("apply-created")
 
-	res, err := s.applyData(ctx, id, parentID, r, opts)
+	res, err := s.applyData(ctx, id, parentID, r, opts, nil)
 	if err == nil && opts.DiffID != "" && res.DiffID != opts.DiffID {
 		err = fmt.Errorf("%w: content has diff ID %s, expected %s", ErrDigestMismatch, res.DiffID, opts.DiffID)
 	}
@@ -498,7 +498,7 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 
 // applyData applies r into layer id, recording the tar's layout on the
 // way (see LayerTar).
-func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, opts *ApplyOptions) (diff.ApplyResult, error) {
+func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, opts *ApplyOptions, lowers []diff.Lower) (diff.ApplyResult, error) {
 	src, err := decompressed(r)
 	if err != nil {
 		return diff.ApplyResult{}, err
@@ -508,7 +508,7 @@ func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, o
 	if err != nil {
 		return diff.ApplyResult{}, fmt.Errorf("record tar layout: %w", err)
 	}
-	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts, diff.ApplyOptions{Warn: opts.Warn})
+	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts, diff.ApplyOptions{Warn: opts.Warn, Lowers: lowers})
 	if err != nil {
 		ts.abort()
 		return res, err
