@@ -77,7 +77,7 @@ type progressBar struct {
 func NewProgressWriter(w io.Writer, terminal bool) *ProgressWriter {
 	pw := &ProgressWriter{w: w, terminal: terminal, last: map[string]Status{}, bars: map[string]*progressBar{}}
 	if terminal {
-		pw.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(40))
+		pw.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithAutoRefresh())
 	}
 	return pw
 }
