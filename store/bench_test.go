@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"path/filepath"
 	"testing"
 	"time"
@@ -238,5 +239,52 @@ func BenchmarkApplyDiff(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	})
+}
+
+// A chain of four 300-file layers: ApplyLayers (at once, with a native
+// applier) against four ApplyDiff calls one after the other.
+func BenchmarkApplyLayers(b *testing.B) {
+	forEachDriverBench(b, func(b *testing.B, driver string) {
+		s, _, _ := benchStore(b, driver)
+		ctx := context.Background()
+		var tars [][]byte
+		for i := range 4 {
+			tars = append(tars, filesTar(uint64(100+i), 300))
+		}
+		srcs := make([]store.LayerSource, len(tars))
+		for i, tb := range tars {
+			srcs[i] = store.LayerSource{Open: func(context.Context) (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(tb)), nil
+			}}
+		}
+		prune := func() {
+			if _, err := s.Prune(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var chainT, seqT time.Duration
+		for b.Loop() {
+			t0 := time.Now()
+			if _, err := s.ApplyLayers(ctx, "", srcs); err != nil {
+				b.Fatal(err)
+			}
+			chainT += time.Since(t0)
+			prune()
+			t1 := time.Now()
+			parent := ""
+			for _, tb := range tars {
+				l, err := s.ApplyDiff(ctx, parent, bytes.NewReader(tb), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				parent = l.ID
+			}
+			seqT += time.Since(t1)
+			prune()
+		}
+		b.ReportMetric(float64(chainT.Nanoseconds())/float64(b.N), "chain-ns/op")
+		b.ReportMetric(float64(seqT.Nanoseconds())/float64(b.N), "serial-ns/op")
+		b.ReportMetric(float64(chainT)/float64(seqT), "x-serial")
 	})
 }

@@ -155,7 +155,7 @@ func helper(mode, root string) error {
 			step("chain", i)
 			var srcs []store.LayerSource
 			for _, seed := range []uint64{uint64(i) + 1000, uint64(i) + 2000} {
-				tb := bigTar(seed)
+				tb := filesTar(seed, 100)
 				srcs = append(srcs, store.LayerSource{Open: func(context.Context) (io.ReadCloser, error) {
 					return io.NopCloser(bytes.NewReader(tb)), nil
 				}})
@@ -174,10 +174,13 @@ func helper(mode, root string) error {
 
 // bigTar is a layer of 300 small files, seeded, so that applying it takes
 // long enough to be killed in the middle.
-func bigTar(seed uint64) []byte {
+func bigTar(seed uint64) []byte { return filesTar(seed, 300) }
+
+// filesTar is a layer of n small files, seeded.
+func filesTar(seed uint64, n int) []byte {
 	r := rand.New(rand.NewPCG(seed, 7))
 	es := []fixtures.Entry{fixtures.Dir("data", 0o755)}
-	for i := range 300 {
+	for i := range n {
 		b := make([]byte, 512+r.IntN(4096))
 		for j := range b {
 			b[j] = byte('a' + r.IntN(26))
