@@ -369,9 +369,9 @@ func applyLayer(ctx context.Context, st *store.Store, l *pullLayer, res *pulled,
 	blob := blobOf(l.desc)
 	layer, err := st.ApplyDiff(ctx, res.id, counted, &store.ApplyOptions{DiffID: l.diffID, Blob: &blob})
 	if err != nil {
-		// The download's own error, if it has one, says more than what
-		// the apply made of it (a cut gzip stream, a canceled context).
-		if derr := l.sp.wait(ctx); derr != nil && !errors.Is(derr, errSpoolClosed) {
+		// The download's own error, if it ended with one, says more than
+		// what the apply made of it (a cut gzip stream).
+		if done, derr := l.sp.result(); done && derr != nil && !errors.Is(derr, errSpoolClosed) {
 			return derr
 		}
 		return err

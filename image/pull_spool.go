@@ -111,6 +111,13 @@ func (s *spool) wait(ctx context.Context) error {
 	return s.err
 }
 
+// result says whether the download finished, and its verdict if so.
+func (s *spool) result() (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done, s.err
+}
+
 // reader returns the spool's one reader; ctx ends its waits.
 func (s *spool) reader(ctx context.Context) *spoolReader {
 	return &spoolReader{s: s, ctx: ctx}

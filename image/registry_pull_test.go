@@ -476,3 +476,36 @@ func shortBlob(reg *testRegistry, d string) func(w http.ResponseWriter, r *http.
 		return true
 	}
 }
+
+// TestPullCanceled cancels a pull after its bottom layer is applied,
+// while the next blob hangs: the pull fails with the cancellation and
+// removes the layer it had applied.
+func TestPullCanceled(t *testing.T) {
+	reg := startRegistry(t, registryOpts{})
+	p := newProxy(t, reg)
+	bb := busybox(t)
+	ref := p.host + "/cancel/img:1"
+	ri := pushRaw(t, ref, [][]byte{bb, extraLayer("x")}, rawOpts{})
+	hang := ri.descs[1].Digest.String()
+	p.tamper = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+hang) {
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	}
+	st := newStore(t, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bottom := ri.descs[0].Digest.Hex[:12]
+	opts := &PullOptions{RemoteOptions: RemoteOptions{Progress: func(e Event) {
+		if e.ID == bottom && e.Status == StatusApplied {
+			cancel()
+		}
+	}}}
+	_, err := Pull(ctx, st, ref, opts)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("pull: %v, want context.Canceled", err)
+	}
+	assertNothingNew(t, st, 0, 0)
+}
