@@ -90,6 +90,12 @@ type Differ interface {
 
 // Applier is implemented by drivers that apply a layer tar natively, without
 // mounting (overlay writes straight into its diff dir).
+//
+// A native applier writes only into layer id, never into its parents, so
+// the layers of one image may be applied at the same time: the caller
+// passes opts.Lowers with only Ready set, one per parent still being
+// applied, nearest first, and entries that need a parent's content wait
+// for it (see diff.Lower). The driver fills in the lowers' dirs.
 type Applier interface {
 	// ApplyDiff applies the layer tar r to layer id, created on parent.
 	ApplyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error)
