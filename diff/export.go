@@ -44,6 +44,12 @@ var whiteoutTime = time.Unix(0, 0)
 // root is followed, and a path component that is not a directory (a
 // symlink included) is an error naming it.
 //
+// On several CPUs, entries' xattrs and small files' content are read by
+// a few goroutines ahead of the one writing the tar (export_pipeline.go);
+// that changes no byte, and Export returns only once all of them have
+// stopped and closed what they opened, so a caller may unmount root right
+// after.
+//
 // Every parent directory of a changed path is written too, with its
 // attributes from root, even when unchanged, so that the tar is
 // self-contained for any applier (containerd does the same).

@@ -1,13 +1,18 @@
 package diff
 
 import (
+	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -349,5 +354,117 @@ func TestExportMatchesReferenceRandom(t *testing.T) {
 			}
 			efCompare(t, "half the tree", root, some, ExportOptions{})
 		})
+	}
+}
+
+// TestExportParallelFailures: with readers running ahead, a failing
+// writer, a cancelled context or a missing entry still end Export with
+// the right error, every goroutine and descriptor it started gone.
+func TestExportParallelFailures(t *testing.T) {
+	root := t.TempDir()
+	var changes []Change
+	for i := range 300 {
+		rel := fmt.Sprintf("d%d/f%03d", i%5, i)
+		size := 100
+		if i%50 == 0 {
+			size = 200 << 10 // streamed, not read ahead
+		}
+		ctWriteFile(t, root, rel, strings.Repeat("x", size), 0o644)
+		changes = append(changes, Change{Kind: ChangeAdd, Path: "/" + rel})
+	}
+	ctx := context.Background()
+	fds, goroutines := lpOpenFds(t), runtime.NumGoroutine()
+	check := func(what string) {
+		t.Helper()
+		if n := lpOpenFds(t); n != fds {
+			t.Errorf("%s: %d descriptors open, %d before", what, n, fds)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > goroutines {
+			t.Errorf("%s: %d goroutines, %d before", what, n, goroutines)
+		}
+	}
+	for _, workers := range []int{1, 4} {
+		for _, after := range []int64{0, 10 << 10, 1 << 20} {
+			werr := errors.New("disk full")
+			err := export(ctx, &efFailAfter{n: after, err: werr}, root, changes, ExportOptions{}, workers)
+			if !errors.Is(err, werr) {
+				t.Errorf("workers %d, writer failing after %d bytes: %v", workers, after, err)
+			}
+			check(fmt.Sprintf("writer failing after %d bytes", after))
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		cw := &ctCancelWriter{cancel: cancel, after: 256 << 10}
+		if err := export(cctx, cw, root, changes, ExportOptions{}, workers); !errors.Is(err, context.Canceled) {
+			t.Errorf("workers %d, cancelled: %v", workers, err)
+		}
+		if cw.n > 2<<20 {
+			t.Errorf("workers %d: Export went on for %d bytes after cancel", workers, cw.n-(256<<10))
+		}
+		check("cancelled")
+		bad := append(append([]Change(nil), changes...), Change{Kind: ChangeAdd, Path: "/d2/missing"})
+		err := export(ctx, io.Discard, root, bad, ExportOptions{}, workers)
+		if werr := refExport(ctx, io.Discard, root, bad, ExportOptions{}); err == nil || werr == nil || err.Error() != werr.Error() {
+			t.Errorf("workers %d, missing entry: %v, reference %v", workers, err, werr)
+		}
+		check("missing entry")
+	}
+}
+
+// efFailAfter takes n bytes, then fails.
+type efFailAfter struct {
+	n   int64
+	err error
+}
+
+func (w *efFailAfter) Write(p []byte) (int, error) {
+	if int64(len(p)) > w.n {
+		return 0, w.err
+	}
+	w.n -= int64(len(p))
+	return len(p), nil
+}
+
+// TestExportShrunkFile: a file shorter than the size its header promises
+// (it shrank between lstat and read) is an error naming how far the read
+// got, whether read ahead by a worker or streamed by the writer.
+func TestExportShrunkFile(t *testing.T) {
+	root := t.TempDir()
+	ctWriteFile(t, root, "small", strings.Repeat("s", 90), 0o644)
+	ctWriteFile(t, root, "big", strings.Repeat("b", 200000), 0o644)
+	dfd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	ctx := context.Background()
+	r := &exportReader{ctx: ctx, bufs: make(chan []byte, 1)}
+	for _, c := range []struct {
+		name       string
+		size       int64
+		got, total int64
+	}{{"small", 100, 90, 100}, {"big", 300000, 200000, 300000}} {
+		ref := &dirRef{fd: dfd, orig: dfd, path: "/"}
+		ref.refs.Store(2)
+		it := &exportItem{
+			hdr:  tarHeader{typeflag: tar.TypeReg, name: c.name, mode: 0o644, size: c.size, mtime: time.Unix(1, 0)},
+			path: "/" + c.name, errName: "/" + c.name, dir: ref, name: c.name, xattrs: true,
+		}
+		r.prepare(it)
+		out := &tarOut{ctx: ctx, bw: bufio.NewWriter(io.Discard), r: r}
+		err := out.write(it)
+		want := fmt.Sprintf("export /%s: file shrank while being read (%d of %d bytes): unexpected EOF", c.name, c.got, c.total)
+		if err == nil || err.Error() != want || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("%s: %v, want %s", c.name, err, want)
+		}
+		if it.open {
+			t.Errorf("%s: descriptor left open", c.name)
+		}
+		if n := ref.refs.Load(); n != 1 {
+			t.Errorf("%s: %d references left, want 1 (the test's)", c.name, n)
+		}
 	}
 }
