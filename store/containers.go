@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -21,8 +20,9 @@ type ContainerOptions struct {
 	Metadata json.RawMessage
 }
 
-// containerName is docker's container name grammar.
-var containerName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}$`)
+// validContainerName reports whether name matches docker's container
+// name grammar, [a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}.
+func validContainerName(name string) bool { return validName(name, "", 253) }
 
 const containerColumns = `c.id, COALESCE(c.name, ''), c.image_id, c.layer_id, c.created, c.metadata,
 	COALESCE(m.count, 0), COALESCE(m.path, ''), COALESCE(m.kernel, 0)`
@@ -103,7 +103,7 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 	if opts == nil {
 		opts = &ContainerOptions{}
 	}
-	if opts.Name != "" && !containerName.MatchString(opts.Name) {
+	if opts.Name != "" && !validContainerName(opts.Name) {
 		return nil, fmt.Errorf("create container: %w %q: want a letter or digit, then letters, digits, '_', '.' or '-'", ErrInvalidName, opts.Name)
 	}
 	if opts.Name != "" && isID(opts.Name) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -11,16 +12,51 @@ import (
 // DefaultDomain is the registry of names without one, as docker has it.
 const DefaultDomain = "docker.io"
 
+// The reference grammar's two harder patterns are compiled on first use:
+// compiled at package initialisation they cost every process that links
+// the store (every CLI verb) their compile time, and only the verbs that
+// parse a name need them. Tags and container names are one character
+// class and a length, checked by validName without a regexp.
 var (
 	// pathComponent is one component of a repository path (the
 	// distribution reference grammar).
-	pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
-	// tagPattern is a tag.
-	tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	pathComponent = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	})
 	// domainPattern is a registry host with an optional port (or an
 	// IPv6 address in brackets).
-	domainPattern = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$`)
+	domainPattern = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$`)
+	})
 )
+
+// validName reports whether s is first (one of the characters of
+// firstChars) followed by letters, digits, '_', '.' or '-', maxLen
+// characters at most: the grammar of tags (first may be '_') and of
+// container names (a letter or digit first).
+func validName(s, firstChars string, maxLen int) bool {
+	if s == "" || len(s) > maxLen {
+		return false
+	}
+	if !isAlnum(s[0]) && strings.IndexByte(firstChars, s[0]) < 0 {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isAlnum reports whether c is an ASCII letter or digit.
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// validTag reports whether tag matches the reference grammar's
+// [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+func validTag(tag string) bool { return validName(tag, "_", 128) }
 
 // NormalizeName turns an image reference into the full form names are
 // stored in, as docker does: "busybox" is
@@ -48,7 +84,7 @@ func NormalizeName(ref string) (string, error) {
 	tag := ""
 	if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
 		name, tag = name[:i], name[i+1:]
-		if !tagPattern.MatchString(tag) {
+		if !validTag(tag) {
 			return bad("tag must be letters, digits, '_', '.' or '-' (at most 128), not starting with '.' or '-'")
 		}
 	}
@@ -56,7 +92,7 @@ func NormalizeName(ref string) (string, error) {
 	if i := strings.IndexByte(name, '/'); i >= 0 {
 		if first := name[:i]; strings.ContainsAny(first, ".:") || first == "localhost" {
 			domain, path = first, name[i+1:]
-			if !domainPattern.MatchString(domain) {
+			if !domainPattern().MatchString(domain) {
 				return bad("registry " + domain + " is not a host[:port]")
 			}
 		}
@@ -71,7 +107,7 @@ func NormalizeName(ref string) (string, error) {
 		return bad("a repository name cannot be 64 hex characters (that is an ID)")
 	}
 	for _, c := range strings.Split(path, "/") {
-		if !pathComponent.MatchString(c) {
+		if !pathComponent().MatchString(c) {
 			return bad("repository path component " + fmt.Sprintf("%q", c) + " must be lower-case letters and digits separated by '.', '_', '__' or '-'")
 		}
 	}
