@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/layers-storage/layers/graphdriver"
@@ -225,10 +224,21 @@ func (s *Store) checkMounts(r *Report, fix bool) error {
 		counted = append(counted, x)
 	}
 	rows.Close()
+	km, err := s.kernelMounts()
+	if err != nil {
+		return err
+	}
+	// live holds the mount points the counts cover, as mountinfo names
+	// them.
 	live := map[string]bool{}
 	for _, x := range counted {
-		if !x.m.stale() {
+		if !km.stale(x.m) {
 			live[x.m.path] = true
+			if p, ok := km.real(x.m.path); ok && km.mounted[p] {
+				live[p] = true
+			} else if p, err := filepath.EvalSymlinks(x.m.path); err == nil {
+				live[p] = true
+			}
 			continue
 		}
 		r.add(ProblemStaleMount, x.id, "counted %d mounts, but %s is not mounted", x.m.count, x.m.path)
@@ -238,29 +248,25 @@ func (s *Store) checkMounts(r *Report, fix bool) error {
 			}
 		}
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(s.home))
-	if err != nil {
-		return fmt.Errorf("read mountinfo: %w", err)
-	}
 	var errs []error
-	for _, m := range mounts {
-		if m.Mountpoint == s.home || live[m.Mountpoint] {
+	for _, m := range km.points {
+		if m == km.realHome || live[m] {
 			continue
 		}
-		id := s.layerIDIn(m.Mountpoint)
+		id := layerIDIn(km.realHome, m)
 		if id != "" && s.layerBeingApplied(id) {
 			continue // the driver mounted it to apply it
 		}
-		r.add(ProblemLeakedMount, id, "%s is mounted, but no mount is counted", m.Mountpoint)
+		r.add(ProblemLeakedMount, id, "%s is mounted, but no mount is counted", m)
 		if !fix {
 			continue
 		}
 		if id != "" {
-			if err := s.settle(id, m.Mountpoint); err == nil {
+			if err := s.settle(id, m); err == nil {
 				continue
 			}
 		}
-		if err := graphdriver.UnmountDetach(m.Mountpoint); err != nil {
+		if err := graphdriver.UnmountDetach(m); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -269,8 +275,8 @@ func (s *Store) checkMounts(r *Report, fix bool) error {
 
 // layerIDIn returns the layer ID among the components of path below the
 // driver's home ("" when none): drivers name a layer's directory by its ID.
-func (s *Store) layerIDIn(path string) string {
-	rel, err := filepath.Rel(s.home, path)
+func layerIDIn(home, path string) string {
+	rel, err := filepath.Rel(home, path)
 	if err != nil {
 		return ""
 	}

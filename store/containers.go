@@ -29,7 +29,9 @@ const containerColumns = `c.id, COALESCE(c.name, ''), c.image_id, c.layer_id, c.
 
 const containerFrom = ` FROM containers c LEFT JOIN mounts m ON m.layer_id = c.layer_id`
 
-func scanContainer(r scanner) (*Container, error) {
+// scanContainer reads a row of containerColumns. stale tells whether a
+// mount count lies (mountRow.stale, or kernelMounts.stale for many rows).
+func scanContainer(r scanner, stale func(mountRow) bool) (*Container, error) {
 	var c Container
 	var created int64
 	var meta string
@@ -39,14 +41,14 @@ func scanContainer(r scanner) (*Container, error) {
 	}
 	c.Created = fromNanos(created)
 	c.Metadata = json.RawMessage(meta)
-	c.Mounted = m.count > 0 && !m.stale()
+	c.Mounted = m.count > 0 && !stale(m)
 	return &c, nil
 }
 
 // resolveContainer finds container ref: full ID, then name, then unique
 // ID prefix, as docker does.
 func (s *Store) resolveContainer(q querier, ref string) (*Container, error) {
-	c, err := scanContainer(q.QueryRow(`SELECT `+containerColumns+containerFrom+` WHERE c.id = ?1 OR c.name = ?1 ORDER BY c.id = ?1 DESC LIMIT 1`, ref))
+	c, err := scanContainer(q.QueryRow(`SELECT `+containerColumns+containerFrom+` WHERE c.id = ?1 OR c.name = ?1 ORDER BY c.id = ?1 DESC LIMIT 1`, ref), mountRow.stale)
 	if err == nil {
 		return c, nil
 	}
@@ -60,7 +62,7 @@ func (s *Store) resolveContainer(q querier, ref string) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err = scanContainer(q.QueryRow(`SELECT `+containerColumns+containerFrom+` WHERE c.id = ?`, id))
+	c, err = scanContainer(q.QueryRow(`SELECT `+containerColumns+containerFrom+` WHERE c.id = ?`, id), mountRow.stale)
 	if err != nil {
 		return nil, fmt.Errorf("database: container %s: %w", id, err)
 	}
@@ -85,9 +87,24 @@ func (s *Store) Containers() ([]*Container, error) {
 		return nil, fmt.Errorf("database: containers: %w", err)
 	}
 	defer rows.Close()
+	// Mount counts are checked against one read of mountinfo, made when
+	// the first count needs it.
+	var km *kernelMounts
+	stale := func(m mountRow) bool {
+		if m.count == 0 || !m.kernel {
+			return false
+		}
+		if km == nil {
+			var err error
+			if km, err = s.kernelMounts(); err != nil {
+				return m.stale()
+			}
+		}
+		return km.stale(m)
+	}
 	var cs []*Container
 	for rows.Next() {
-		c, err := scanContainer(rows)
+		c, err := scanContainer(rows, stale)
 		if err != nil {
 			return nil, fmt.Errorf("database: containers: %w", err)
 		}

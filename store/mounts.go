@@ -4,6 +4,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 
@@ -50,6 +52,57 @@ func (m mountRow) stale() bool {
 	}
 	ok, err := mountinfo.Mounted(m.path)
 	return err == nil && !ok
+}
+
+// kernelMounts are the mount points under the driver's home, read from
+// the kernel's mountinfo once, for checking many mount rows at once
+// (Open's recovery, listing containers): one read of mountinfo instead of
+// a path resolution and a lookup per row.
+type kernelMounts struct {
+	home, realHome string          // the driver's home, and with symlinks resolved
+	points         []string        // mount points under realHome, in mountinfo's order
+	mounted        map[string]bool // the same, as a set
+}
+
+// kernelMounts reads the mount points under the driver's home.
+func (s *Store) kernelMounts() (*kernelMounts, error) {
+	k := &kernelMounts{home: s.home, realHome: s.home, mounted: map[string]bool{}}
+	if real, err := filepath.EvalSymlinks(s.home); err == nil {
+		k.realHome = real
+	}
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(k.realHome))
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	for _, m := range ms {
+		k.points = append(k.points, m.Mountpoint)
+		k.mounted[m.Mountpoint] = true
+	}
+	return k, nil
+}
+
+// real returns path as mountinfo names it: below the home, with the
+// home's symlinks resolved; ok is false for paths outside the home.
+func (k *kernelMounts) real(path string) (string, bool) {
+	rel, ok := strings.CutPrefix(path, k.home+string(filepath.Separator))
+	if !ok {
+		return "", false
+	}
+	return filepath.Join(k.realHome, rel), true
+}
+
+// stale is mountRow.stale, answered from the set where it can be. A path
+// the set does not show mounted, or outside the home, is checked on its
+// own (its own symlinks resolved), so that the set can only make the
+// common case, a count that holds, cheaper: never call a live count stale.
+func (k *kernelMounts) stale(m mountRow) bool {
+	if m.count == 0 || !m.kernel {
+		return false
+	}
+	if p, ok := k.real(m.path); ok && k.mounted[p] {
+		return false
+	}
+	return m.stale()
 }
 
 // mountCount returns layer id's mount count, reconciled with the kernel,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
+	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/internal/loopfs"
 	"github.com/layers-storage/layers/store"
 )
@@ -834,5 +835,95 @@ func TestLayerTarHardCases(t *testing.T) {
 			}
 		}
 		assertClean(t, s)
+	})
+}
+
+// Open's recovery reads mountinfo once for all mounted containers; the
+// counts that hold must stay, a count whose mount went behind the store's
+// back is reset, and a mount no count covers (a process killed between
+// the driver's Get and recording it) is undone, also when the root is
+// reached through a symlink (mountinfo names resolved paths).
+func TestRecoveryMountsThroughSymlink(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(filepath.Dir(root), "link")
+		if err := os.Symlink(filepath.Base(root), link); err != nil {
+			t.Fatal(err)
+		}
+		s1 := open(t, driver, link)
+		mustImage(t, s1, []string{"app"}, baseTar)
+		var ids, paths []string
+		for range 4 {
+			c, err := s1.CreateContainer("app", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := s1.Mount(c.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids, paths = append(ids, c.ID), append(paths, p)
+		}
+		if ok, _ := isMountpoint(paths[0]); !ok {
+			t.Skipf("driver %s mounts nothing", driver)
+		}
+		if err := unix.Unmount(paths[3], 0); err != nil { // behind the store's back
+			t.Fatal(err)
+		}
+		// A leaked mount: the driver's Get without the store counting it.
+		leak, err := s1.CreateContainer("app", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leakPath, err := s1.Driver().Get(leak.Layer, graphdriver.MountOpts{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := isMountpoint(leakPath); !ok {
+			t.Fatalf("driver Get did not mount %s", leakPath)
+		}
+		if err := s1.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		s2 := open(t, "", link)
+		for i, id := range ids {
+			want := 1
+			if i == 3 {
+				want = 0
+			}
+			if n, _, err := s2.Mounted(id); n != want || err != nil {
+				t.Errorf("container %d after reopen: mounted %d times (%v), want %d", i, n, err, want)
+			}
+		}
+		if ok, _ := isMountpoint(leakPath); ok {
+			t.Errorf("leaked mount %s survived Open's recovery", leakPath)
+		}
+		cs, err := s2.Containers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mounted := 0
+		for _, c := range cs {
+			if c.Mounted {
+				mounted++
+			}
+		}
+		if mounted != 3 {
+			t.Errorf("Containers lists %d mounted, want 3", mounted)
+		}
+		assertClean(t, s2)
+		for _, id := range ids[:3] {
+			if err := s2.Unmount(id, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range paths {
+			if ok, _ := isMountpoint(p); ok {
+				t.Errorf("%s still mounted", p)
+			}
+		}
 	})
 }
