@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/internal/xattr"
 )
 
 // ErrOverlayUnsupported means an overlay layer holds something the native
@@ -316,6 +318,29 @@ func isWhiteout(st *unix.Stat_t) bool {
 	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
 }
 
+// xattr returns attribute name of the entry (not followed), or nil and no
+// error when it is absent: with getxattrat relative to the entry's
+// directory where the kernel has it (6.13), which spares resolving a
+// /proc/self/fd path for every file, else through that path.
+func (e *ovlEntry) xattr(name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := xattr.GetAt(e.dirfd, e.name, unix.AT_SYMLINK_NOFOLLOW, name, buf)
+		switch {
+		case err == nil:
+			return buf[:n], nil
+		case errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP):
+			return nil, nil
+		case errors.Is(err, unix.ERANGE) && len(buf) < 1<<16:
+			buf = make([]byte, 1<<16)
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.ERANGE):
+			return getXattr(e.proc(), name)
+		default:
+			return nil, fmt.Errorf("get xattr %s of %s: %w", name, e.name, err)
+		}
+	}
+}
+
 // getXattr returns attribute name of path (not followed), or nil and no
 // error when it is absent.
 func getXattr(path, name string) ([]byte, error) {
@@ -502,7 +527,7 @@ func checkRedirect(v string) error {
 
 // redirect returns the redirect of upper entry e, or "" without one.
 func (d *overlayDiffer) redirect(e *ovlEntry, p string) (string, error) {
-	v, err := getXattr(e.proc(), d.opts.xattr(ovlRedirect))
+	v, err := e.xattr(d.opts.xattr(ovlRedirect))
 	if err == nil {
 		err = d.checkRedirect(v, p)
 	}
@@ -751,7 +776,7 @@ func (d *overlayDiffer) noteMetacopy(ne *ovlEntry, p string) error {
 	if !d.forExport || d.needsMerged || !ne.upper || ne.st.Mode&unix.S_IFMT != unix.S_IFREG || ne.st.Size == 0 {
 		return nil
 	}
-	mc, err := getXattr(ne.proc(), d.opts.xattr(ovlMetacopy))
+	mc, err := ne.xattr(d.opts.xattr(ovlMetacopy))
 	if err != nil {
 		return fmt.Errorf("overlay changes: %s: %w", p, err)
 	}
@@ -898,7 +923,7 @@ func (d *overlayDiffer) sameEntry(oe, ne *ovlEntry, nd mergedDir, p string) (boo
 // the lower file at its redirect or, without one, at its own name.
 func (d *overlayDiffer) metacopyData(ne *ovlEntry, nd mergedDir, p string) (data *ovlEntry, release func(), err error) {
 	release = func() {}
-	mc, err := getXattr(ne.proc(), d.opts.xattr(ovlMetacopy))
+	mc, err := ne.xattr(d.opts.xattr(ovlMetacopy))
 	if err != nil {
 		return nil, release, fmt.Errorf("overlay changes: %s: %w", p, err)
 	}
@@ -925,7 +950,7 @@ func (d *overlayDiffer) metacopyData(ne *ovlEntry, nd mergedDir, p string) (data
 	if !found || e.st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, release, fmt.Errorf("overlay changes: metacopy file %s: no lower file holds its data", p)
 	}
-	if mc, err := getXattr(e.proc(), d.opts.xattr(ovlMetacopy)); err != nil {
+	if mc, err := e.xattr(d.opts.xattr(ovlMetacopy)); err != nil {
 		return nil, release, fmt.Errorf("overlay changes: %s: %w", p, err)
 	} else if mc != nil {
 		return nil, release, fmt.Errorf("overlay changes: metacopy file %s: its lower is a metacopy file too: %w", p, ErrOverlayUnsupported)
