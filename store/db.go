@@ -96,14 +96,16 @@ CREATE TABLE blob_gc (
 // already, so this covers WAL checkpoints and readers racing a writer.
 const busyTimeout = 30 * time.Second
 
-// openDB opens the database at path: WAL (readers never block the
-// writer), synchronous commits (the metadata is durable even when layer
-// data is not), foreign keys on (a layer row cannot go while an image, a
-// child or a container names it).
+// openDB opens the database at path: synchronous commits (the metadata
+// is durable even when layer data is not), foreign keys on (a layer row
+// cannot go while an image, a child or a container names it), a busy
+// timeout. These are settings of each connection; WAL mode (readers
+// never block the writer) is a setting of the database file, made once
+// by migrate when it creates the schema, and not set again by every
+// connection of every process.
 func openDB(path string) (*sql.DB, error) {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
-	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
@@ -118,8 +120,45 @@ func openDB(path string) (*sql.DB, error) {
 	return db, nil
 }
 
+// dbState is what Open needs from the database, read in one statement:
+// the schema version, the recorded driver, and whether a killed process
+// left work for recovery.
+type dbState struct {
+	version   int
+	driver    string // "" when none is recorded yet
+	leftovers bool   // layers incomplete or being removed
+	blobGC    bool   // blobs waiting for collection
+}
+
+// stateQuery reads a dbState of the latest schema. On a new or older
+// database it fails (a table it names is missing) or reports an older
+// version, and readState migrates first.
+const stateQuery = `SELECT
+	(SELECT version FROM schema_version),
+	COALESCE((SELECT value FROM meta WHERE key = 'driver'), ''),
+	EXISTS (SELECT 1 FROM layers WHERE state != 'complete'),
+	EXISTS (SELECT 1 FROM blob_gc)`
+
+// readState reads the database's state, migrating the schema to the
+// latest version first when it is not there yet. Under the store lock.
+func readState(db *sql.DB) (dbState, error) {
+	var st dbState
+	err := db.QueryRow(stateQuery).Scan(&st.version, &st.driver, &st.leftovers, &st.blobGC)
+	if err == nil && st.version == len(migrations) {
+		return st, nil
+	}
+	if err := migrate(db); err != nil {
+		return dbState{}, err
+	}
+	if err := db.QueryRow(stateQuery).Scan(&st.version, &st.driver, &st.leftovers, &st.blobGC); err != nil {
+		return dbState{}, fmt.Errorf("database: %w", err)
+	}
+	return st, nil
+}
+
 // migrate brings the schema to the latest version, one transaction per
-// step. It runs under the store lock, so no two processes migrate at once.
+// step; a new database is switched to WAL mode first. It runs under the
+// store lock, so no two processes migrate at once.
 func migrate(db *sql.DB) error {
 	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("database schema: %w", noSpace(err))
@@ -127,6 +166,15 @@ func migrate(db *sql.DB) error {
 	var version int
 	err := db.QueryRow(`SELECT version FROM schema_version`).Scan(&version)
 	if errors.Is(err, sql.ErrNoRows) {
+		// WAL mode is persistent: set once here, it holds for every
+		// later connection.
+		var mode string
+		if err := db.QueryRow(`PRAGMA journal_mode = WAL`).Scan(&mode); err != nil {
+			return fmt.Errorf("database: WAL mode: %w", noSpace(err))
+		}
+		if mode != "wal" {
+			return fmt.Errorf("database: WAL mode: the database stays in %s mode", mode)
+		}
 		if _, err := db.Exec(`INSERT INTO schema_version (version) VALUES (0)`); err != nil {
 			return fmt.Errorf("database schema: %w", noSpace(err))
 		}

@@ -694,37 +694,11 @@ func (s *Store) layerBeingApplied(id string) bool {
 
 // recover removes what killed processes left: incomplete layers nobody is
 // applying, layers marked removing, lock files of layers that are gone.
-// Under the store lock.
-func (s *Store) recover() error {
-	rows, err := s.q.Query(`SELECT id, state FROM layers WHERE state != 'complete' ORDER BY created DESC`)
-	if err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
-	type left struct{ id, state string }
-	var lefts []left
-	for rows.Next() {
-		var l left
-		if err := rows.Scan(&l.id, &l.state); err != nil {
-			rows.Close()
-			return fmt.Errorf("recover: %w", err)
-		}
-		lefts = append(lefts, l)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
-	for _, l := range lefts {
-		if l.state == "incomplete" && s.layerBeingApplied(l.id) {
-			continue
-		}
-		if err := s.dropLayer(l.id); err != nil {
-			return fmt.Errorf("recover: remove %s layer %s: %w", l.state, l.id, err)
-		}
-	}
-	// Blobs of images whose creation or removal was interrupted.
-	if err := s.gcBlobs(); err != nil {
-		return fmt.Errorf("recover: %w", err)
+// st says which of the database's checks have work (Open read it under
+// the same lock). Under the store lock.
+func (s *Store) recover(st dbState) error {
+	if err := s.recoverLayers(st); err != nil {
+		return err
 	}
 	// Mount counts a killed process left lying, mounts it left uncounted.
 	if err := s.checkMounts(&Report{}, true); err != nil {
@@ -739,6 +713,46 @@ func (s *Store) recover() error {
 	for _, e := range ents {
 		if id, ok := strings.CutSuffix(e.Name(), ".lock"); ok && isID(id) {
 			s.layerBeingApplied(id)
+		}
+	}
+	return nil
+}
+
+// recoverLayers removes layers left incomplete or being removed, and
+// collects blobs whose last image went, when st says there are any.
+func (s *Store) recoverLayers(st dbState) error {
+	if st.leftovers {
+		rows, err := s.q.Query(`SELECT id, state FROM layers WHERE state != 'complete' ORDER BY created DESC`)
+		if err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+		type left struct{ id, state string }
+		var lefts []left
+		for rows.Next() {
+			var l left
+			if err := rows.Scan(&l.id, &l.state); err != nil {
+				rows.Close()
+				return fmt.Errorf("recover: %w", err)
+			}
+			lefts = append(lefts, l)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+		for _, l := range lefts {
+			if l.state == "incomplete" && s.layerBeingApplied(l.id) {
+				continue
+			}
+			if err := s.dropLayer(l.id); err != nil {
+				return fmt.Errorf("recover: remove %s layer %s: %w", l.state, l.id, err)
+			}
+		}
+	}
+	// Blobs of images whose creation or removal was interrupted.
+	if st.blobGC {
+		if err := s.gcBlobs(); err != nil {
+			return fmt.Errorf("recover: %w", err)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,10 +230,11 @@ func Open(opts Options) (*Store, error) {
 		}
 		driverOpts[k] = v
 	}
-	for _, d := range []string{root, s.runRoot, s.blobs, s.tmp} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("open store %s: %w", root, noSpace(err))
-		}
+	// The root holds the lock file, so it is made first; the rest is
+	// made under the lock, where a failed first Open can take it back
+	// without pulling it from under another process's Open.
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, noSpace(err))
 	}
 	s.lockFile, err = os.OpenFile(filepath.Join(root, "store.lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -245,23 +247,52 @@ func Open(opts Options) (*Store, error) {
 	return s, nil
 }
 
-// open does Open's work under the store lock.
-func (s *Store) open(want string, driverOpts map[string]string) error {
+// open does Open's work under the store lock. A first Open that fails (no
+// driver was ever recorded in the root, so nothing can be stored in it)
+// takes back what it made: the database, the directories, the driver's
+// home. The root and its lock file stay: another process may be waiting
+// on that very file for its own Open, and both are empty.
+func (s *Store) open(want string, driverOpts map[string]string) (err error) {
 	unlock, err := s.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if s.db, err = openDB(filepath.Join(s.root, "layers.db")); err != nil {
+	dbPath := filepath.Join(s.root, "layers.db")
+	_, statErr := os.Lstat(dbPath)
+	first := errors.Is(statErr, os.ErrNotExist) // no root was ever made here
+	var dirs, homes []string                    // what this Open made, parents first
+	defer func() {
+		if err != nil && first {
+			err = joinErrors(err, s.undoFirstOpen(dbPath, dirs, homes))
+		}
+	}()
+	for _, d := range []string{s.runRoot, s.blobs, s.tmp} {
+		made, err := mkdirAll(d)
+		dirs = append(dirs, made...)
+		if err != nil {
+			return noSpace(err)
+		}
+	}
+	if s.db, err = openDB(dbPath); err != nil {
 		return err
 	}
 	s.q = newStmtCache(s.db)
-	if err := migrate(s.db); err != nil {
-		return err
-	}
-	recorded, err := s.meta("driver")
+	st, err := readState(s.db)
 	if err != nil {
 		return err
+	}
+	// A root whose database exists but records no driver was never
+	// opened successfully (every Open records it before returning):
+	// nothing is stored in it, and it goes like a new one.
+	recorded := st.driver
+	first = first || recorded == ""
+	// newHome notes the home of driver name when it does not exist yet.
+	newHome := func(name string) {
+		home := filepath.Join(s.root, name)
+		if _, err := os.Lstat(home); errors.Is(err, os.ErrNotExist) {
+			homes = append(homes, home)
+		}
 	}
 	switch {
 	case recorded != "" && want != "" && want != recorded:
@@ -270,8 +301,12 @@ func (s *Store) open(want string, driverOpts map[string]string) error {
 	case recorded != "":
 		s.driver, err = graphdriver.New(recorded, filepath.Join(s.root, recorded), driverOpts)
 	case want != "":
+		newHome(want)
 		s.driver, err = graphdriver.New(want, filepath.Join(s.root, want), driverOpts)
 	default:
+		for _, name := range graphdriver.Names() {
+			newHome(name)
+		}
 		s.driver, err = s.defaultDriver(driverOpts)
 	}
 	if err != nil {
@@ -282,8 +317,73 @@ func (s *Store) open(want string, driverOpts map[string]string) error {
 		if err := s.setMeta("driver", s.driver.String()); err != nil {
 			return err
 		}
+		first = false // from here on, the root is the driver's
 	}
-	return s.recover()
+	return s.recover(st)
+}
+
+// undoFirstOpen removes what a failed first Open made: the database (its
+// connections closed first), the driver homes in homes with what the
+// driver put there, and the directories in dirs when empty. Under the
+// store lock.
+func (s *Store) undoFirstOpen(dbPath string, dirs, homes []string) error {
+	var errs []error
+	if s.q != nil {
+		s.q.close()
+		s.q = nil
+	}
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+		s.db = nil
+	}
+	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+		if err := os.Remove(dbPath + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, h := range homes {
+		errs = append(errs, os.RemoveAll(h))
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := joinErrors(errs...); err != nil {
+		return fmt.Errorf("clean up after the failed first open: %w", err)
+	}
+	return nil
+}
+
+// missingDirs returns the directories of path, parents first, that do not
+// exist yet (path included).
+func missingDirs(path string) ([]string, error) {
+	var missing []string
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		_, err := os.Lstat(p)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		missing = append(missing, p)
+		if p == filepath.Dir(p) {
+			break
+		}
+	}
+	slices.Reverse(missing)
+	return missing, nil
+}
+
+// mkdirAll is os.MkdirAll(path, 0o700) that returns the directories it
+// made, parents first.
+func mkdirAll(path string) ([]string, error) {
+	missing, err := missingDirs(path)
+	if err != nil || len(missing) == 0 {
+		return nil, err
+	}
+	return missing, os.MkdirAll(path, 0o700)
 }
 
 // defaultDriver makes the highest-priority driver that works, each in its

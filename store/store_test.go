@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -392,4 +395,75 @@ func TestRemoveLayer(t *testing.T) {
 		}
 		assertClean(t, s)
 	})
+}
+
+// A first Open that fails (unknown driver, options the driver refuses)
+// leaves nothing but the root and its empty lock file: no database
+// without a driver, no directories, no driver home. An Open that fails on
+// a root in use removes nothing.
+func TestFailedFirstOpenLeavesNothing(t *testing.T) {
+	base := loopfs.New(t, "tmpfs", 0)
+	listing := func(dir string) []string {
+		var out []string
+		_ = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+			if err == nil && p != dir {
+				rel, _ := filepath.Rel(dir, p)
+				out = append(out, rel)
+			}
+			return nil
+		})
+		return out
+	}
+	cases := []struct {
+		name string
+		opts store.Options
+		want error
+	}{
+		{"unknown driver", store.Options{Driver: "nosuch"}, graphdriver.ErrUnknownDriver},
+		{"bad driver option", store.Options{Driver: "vfs", DriverOptions: map[string]string{"bogus": "1"}}, graphdriver.ErrUnknownOption},
+		{"bad option, default driver", store.Options{DriverOptions: map[string]string{"bogus": "1"}}, graphdriver.ErrUnknownOption},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			root := filepath.Join(base, fmt.Sprint(i), "root")
+			runRoot := filepath.Join(base, fmt.Sprint(i), "run", "layers")
+			for _, rr := range []string{"", runRoot} {
+				opts := c.opts
+				opts.Root, opts.RunRoot = root, rr
+				if _, err := store.Open(opts); !errors.Is(err, c.want) {
+					t.Fatalf("Open(%+v): %v, want %v", opts, err, c.want)
+				}
+				if got := listing(root); !slices.Equal(got, []string{"store.lock"}) {
+					t.Errorf("run root %q: left in the root: %q, want only store.lock", rr, got)
+				}
+				if _, err := os.Lstat(filepath.Dir(runRoot)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("run root %q: the run root's parent %s was left behind (%v)", rr, filepath.Dir(runRoot), err)
+				}
+			}
+			// The root is as good as new.
+			s := open(t, "vfs", root)
+			if s.DriverName() != "vfs" {
+				t.Fatalf("driver %s", s.DriverName())
+			}
+		})
+	}
+
+	root := filepath.Join(base, "inuse")
+	s := open(t, "vfs", root)
+	mustImage(t, s, []string{"app"}, baseTar)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A root in use: a failed Open removes nothing.
+	before := listing(root)
+	if _, err := store.Open(store.Options{Root: root, DriverOptions: map[string]string{"bogus": "1"}}); !errors.Is(err, graphdriver.ErrUnknownOption) {
+		t.Fatalf("open with a bad option: %v", err)
+	}
+	if after := listing(root); !slices.Equal(before, after) {
+		t.Fatalf("a failed Open of a root in use changed it:\nbefore %q\nafter  %q", before, after)
+	}
+	s = open(t, "", root)
+	if imgs, err := s.Images(); err != nil || len(imgs) != 1 {
+		t.Fatalf("images after the failed open: %v %v", imgs, err)
+	}
 }
