@@ -214,7 +214,9 @@ func withTx(db *sql.DB, f func(tx *sql.Tx) error) error {
 
 // tx runs f in one transaction whose statements come from the cache.
 func (s *Store) tx(f func(tx querier) error) error {
-	return withTx(s.db, func(tx *sql.Tx) error { return f(cachedTx{tx: tx, c: s.q}) })
+	err := withTx(s.db, func(tx *sql.Tx) error { return f(cachedTx{tx: tx, c: s.q}) })
+	s.q.preparePending()
+	return err
 }
 
 // stmtCache keeps a prepared statement per query text: SQLite's parser is
@@ -222,14 +224,24 @@ func (s *Store) tx(f func(tx querier) error) error {
 // create-mount-unmount-remove), and the store runs the same few dozen
 // queries over and over. database/sql prepares each statement once per
 // connection it runs on.
+//
+// A statement is prepared on a connection that is free. Inside a
+// transaction the only connection a CLI process has is the
+// transaction's: preparing there would open a second one (its own
+// pragmas, its own parse of the schema) and parse the statement twice. So
+// a query first seen in a transaction runs unprepared, once; the second
+// time, it is prepared after that transaction ends, on its freed
+// connection, for the process that runs it again and again.
 type stmtCache struct {
-	db *sql.DB
-	mu sync.Mutex
-	m  map[string]*sql.Stmt
+	db      *sql.DB
+	mu      sync.Mutex
+	m       map[string]*sql.Stmt
+	txSeen  map[string]bool // queries run in a transaction without a statement
+	pending []string        // queries to prepare once the transaction ends
 }
 
 func newStmtCache(db *sql.DB) *stmtCache {
-	return &stmtCache{db: db, m: make(map[string]*sql.Stmt)}
+	return &stmtCache{db: db, m: make(map[string]*sql.Stmt), txSeen: make(map[string]bool)}
 }
 
 // stmt returns the prepared statement of q, nil when it cannot be
@@ -246,6 +258,36 @@ func (c *stmtCache) stmt(q string) *sql.Stmt {
 	}
 	c.m[q] = st
 	return st
+}
+
+// txStmt returns the prepared statement of q for a transaction, nil when
+// there is none yet (the caller runs q unprepared in the transaction);
+// see stmtCache.
+func (c *stmtCache) txStmt(q string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[q]; ok {
+		return st
+	}
+	if c.txSeen[q] {
+		c.pending = append(c.pending, q)
+		delete(c.txSeen, q)
+	} else {
+		c.txSeen[q] = true
+	}
+	return nil
+}
+
+// preparePending prepares the statements txStmt asked for, outside any
+// transaction.
+func (c *stmtCache) preparePending() {
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	for _, q := range pending {
+		c.stmt(q)
+	}
 }
 
 func (c *stmtCache) close() {
@@ -285,21 +327,21 @@ type cachedTx struct {
 }
 
 func (t cachedTx) QueryRow(q string, args ...any) *sql.Row {
-	if st := t.c.stmt(q); st != nil {
+	if st := t.c.txStmt(q); st != nil {
 		return t.tx.Stmt(st).QueryRow(args...)
 	}
 	return t.tx.QueryRow(q, args...)
 }
 
 func (t cachedTx) Query(q string, args ...any) (*sql.Rows, error) {
-	if st := t.c.stmt(q); st != nil {
+	if st := t.c.txStmt(q); st != nil {
 		return t.tx.Stmt(st).Query(args...)
 	}
 	return t.tx.Query(q, args...)
 }
 
 func (t cachedTx) Exec(q string, args ...any) (sql.Result, error) {
-	if st := t.c.stmt(q); st != nil {
+	if st := t.c.txStmt(q); st != nil {
 		return t.tx.Stmt(st).Exec(args...)
 	}
 	return t.tx.Exec(q, args...)

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/store"
@@ -136,4 +138,92 @@ func BenchmarkCLI(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkCLIBaseline compares this binary with another build of layers
+// (LAYERS_BASELINE_BIN, e.g. one built from an older commit) process for
+// process, on one overlay root on tmpfs: each iteration runs every step
+// with both binaries, alternating which goes first, so that the noise of
+// a shared machine falls on both alike. It reports each binary's
+// milliseconds per step and the ratio new/base:
+//
+//   - create+mount: `create IMAGE` then `mount ID` (the container is
+//     removed untimed);
+//   - create+mount-100: the same with 100 other containers mounted;
+//   - images: `images -q`;
+//   - version: no store opened.
+func BenchmarkCLIBaseline(b *testing.B) {
+	base := os.Getenv("LAYERS_BASELINE_BIN")
+	if base == "" {
+		b.Skip("LAYERS_BASELINE_BIN names no baseline binary")
+	}
+	r := newRootOn(b, "overlay", "tmpfs", 2<<30)
+	img := importFixture(b, r, "localhost/busybox:fixture")
+	bins := []string{layersBin, base}
+	run := func(bin string, args ...string) string {
+		b.Helper()
+		cmd := exec.Command(bin, append([]string{"--root", r.dir, "--runroot", r.runDir}, args...)...)
+		cmd.Env = cleanEnv()
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || stderr.Len() > 0 {
+			b.Fatalf("%s %v: %v: %s", bin, args, err, stderr.String())
+		}
+		return strings.TrimSpace(string(out))
+	}
+	steps := []struct {
+		name string
+		do   func(bin string) (time.Duration, func())
+	}{
+		{"create+mount", func(bin string) (time.Duration, func()) {
+			start := time.Now()
+			id := run(bin, "create", img.id)
+			run(bin, "mount", id)
+			return time.Since(start), func() { run(layersBin, "rm", id) }
+		}},
+		{"images", func(bin string) (time.Duration, func()) {
+			start := time.Now()
+			run(bin, "images", "-q")
+			return time.Since(start), nil
+		}},
+		{"version", func(bin string) (time.Duration, func()) {
+			start := time.Now()
+			run(bin, "version")
+			return time.Since(start), nil
+		}},
+	}
+	bench := func(b *testing.B, name string, do func(string) (time.Duration, func())) {
+		var total [2]time.Duration
+		i := 0
+		for b.Loop() {
+			for k := range 2 {
+				j := (i + k) % 2
+				d, undo := do(bins[j])
+				total[j] += d
+				if undo != nil {
+					b.StopTimer()
+					undo()
+					b.StartTimer()
+				}
+			}
+			i++
+		}
+		n := float64(b.N)
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(float64(total[0].Microseconds())/1000/n, "new-ms/op")
+		b.ReportMetric(float64(total[1].Microseconds())/1000/n, "base-ms/op")
+		b.ReportMetric(float64(total[0])/float64(total[1]), "new/base")
+	}
+	for _, s := range steps {
+		b.Run(s.name, func(b *testing.B) { bench(b, s.name, s.do) })
+	}
+	var mounted []string
+	for range 100 {
+		id := run(layersBin, "create", img.id)
+		run(layersBin, "mount", id)
+		mounted = append(mounted, id)
+	}
+	b.Cleanup(func() { run(layersBin, append([]string{"rm"}, mounted...)...) })
+	b.Run("create+mount-100", func(b *testing.B) { bench(b, "create+mount-100", steps[0].do) })
 }
