@@ -511,7 +511,7 @@ func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, o
 	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts, diff.ApplyOptions{Warn: opts.Warn, Lowers: lowers})
 	if err != nil {
 		ts.abort()
-		return res, err
+		return res, withoutContext(err, "layer "+id+": ", "apply layer: ")
 	}
 	return res, ts.finish(s.sync)
 }
@@ -771,3 +771,34 @@ func (s *Store) crashPoint(name string) {
 	_ = unix.Kill(os.Getpid(), unix.SIGKILL)
 	select {} // SIGKILL is not delivered synchronously
 }
+
+// withoutContext drops the prefixes from the start of err's text, as often
+// as they come: the context that layers below added and the caller's own
+// wrapping says already (a driver names the layer, diff.Apply the
+// operation, and ApplyDiff says "apply layer ID" once for both). The
+// error chain stays whole for errors.Is and errors.As.
+func withoutContext(err error, prefixes ...string) error {
+	msg := err.Error()
+	trimmed := msg
+	for again := true; again; {
+		again = false
+		for _, p := range prefixes {
+			if t, ok := strings.CutPrefix(trimmed, p); ok {
+				trimmed, again = t, true
+			}
+		}
+	}
+	if trimmed == msg {
+		return err
+	}
+	return &rewordedError{msg: trimmed, err: err}
+}
+
+// rewordedError is err with another text.
+type rewordedError struct {
+	msg string
+	err error
+}
+
+func (e *rewordedError) Error() string { return e.msg }
+func (e *rewordedError) Unwrap() error { return e.err }

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -466,4 +468,45 @@ func TestFailedFirstOpenLeavesNothing(t *testing.T) {
 	if imgs, err := s.Images(); err != nil || len(imgs) != 1 {
 		t.Fatalf("images after the failed open: %v %v", imgs, err)
 	}
+}
+
+// A failed apply says once what failed, on which layer, and why: the
+// layer's ID and "apply layer" appear once each, whatever the driver and
+// diff.Apply add on their way up.
+func TestApplyErrorReadsOnce(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		s := open(t, driver, root)
+		bad := tarOf(fixtures.Raw(tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644}, "x"))
+		_, err := s.ApplyDiff(context.Background(), "", bytes.NewReader(bad), nil)
+		if err == nil {
+			t.Fatal("a tar entry outside the layer was applied")
+		}
+		msg := err.Error()
+		id, ok := strings.CutPrefix(msg, "apply layer ")
+		if !ok || len(id) < 64 || !isHexString(id[:64]) {
+			t.Fatalf("error %q: want \"apply layer ID: ...\"", msg)
+		}
+		id = id[:64]
+		if n := strings.Count(msg, id); n != 1 {
+			t.Errorf("error %q names the layer %d times", msg, n)
+		}
+		if n := strings.Count(msg, "apply layer"); n != 1 {
+			t.Errorf("error %q says \"apply layer\" %d times", msg, n)
+		}
+		if !strings.HasPrefix(msg, "apply layer "+id+`: entry "../escape": `) {
+			t.Errorf("error %q: want it to go on with the entry", msg)
+		}
+		if ls, err := s.Layers(); err != nil || len(ls) != 0 {
+			t.Errorf("layers after the failed apply: %v %v", ls, err)
+		}
+	})
+}
+
+func isHexString(s string) bool {
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"archive/tar"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/layers-storage/layers/fixtures"
 )
 
 // TestUsageErrors: exit 2, the error line and a hint naming the verb, and
@@ -190,6 +193,13 @@ func TestErrors(t *testing.T) {
 		checkFailure(t, wrong.exec(t, nil, "images"), "driver does not match the root")
 		fresh := &root{dir: filepath.Join(filepath.Dir(r.dir), "fresh"), runDir: r.runDir, driver: "nosuch"}
 		checkFailure(t, fresh.exec(t, nil, "images"), `unknown driver "nosuch"`)
+		// The failed first open left nothing that would pin the root
+		// to no driver: the next open with a good one takes it.
+		if ents, err := os.ReadDir(fresh.dir); err != nil || len(ents) != 1 || ents[0].Name() != "store.lock" {
+			t.Fatalf("a failed first open left %v (%v), want only store.lock", ents, err)
+		}
+		fresh.driver = "vfs"
+		fresh.ok(t, "images")
 	})
 
 	t.Run("flags override the environment", func(t *testing.T) {
@@ -205,6 +215,14 @@ func TestErrors(t *testing.T) {
 	t.Run("bad tar", func(t *testing.T) {
 		res := r.exec(t, []byte("this is not a tar"), "layer", "apply")
 		checkFailure(t, res, "apply layer")
+		// An entry outside the layer: one clear line, the layer and the
+		// operation named once.
+		res = r.exec(t, fixtures.Tar(fixtures.Raw(tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644}, "x")), "layer", "apply")
+		checkFailure(t, res, `: entry "../escape": path climbs above the layer root`)
+		id, _, _ := strings.Cut(strings.TrimPrefix(res.stderr, "layers: apply layer "), ":")
+		if !strings.HasPrefix(res.stderr, "layers: apply layer ") || len(id) != 64 || strings.Count(res.stderr, id) != 1 || strings.Count(res.stderr, "apply layer") != 1 {
+			t.Fatalf("want \"layers: apply layer ID: entry ...\" naming the layer once: %s", res)
+		}
 		var ls []layerJSON
 		decode(t, r.ok(t, "layers", "--format", "json"), &ls)
 		if len(ls) != 1 {
