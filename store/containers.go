@@ -144,7 +144,7 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	defer unlock()
-	img, err := s.resolveImage(s.q, imageRef)
+	imageID, top, err := s.resolveImageID(s.q, imageRef)
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
@@ -153,16 +153,18 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 			return nil, fmt.Errorf("create container: %w: %q is container %s", ErrNameInUse, opts.Name, c.ID)
 		}
 	}
-	var exists int
-	if err := s.q.QueryRow(`SELECT COUNT(*) FROM containers WHERE id = ?`, id).Scan(&exists); err != nil || exists > 0 {
-		return nil, fmt.Errorf("create container: container %s exists already (%v)", id, err)
+	if opts.ID != "" { // a random ID is new
+		var exists int
+		if err := s.q.QueryRow(`SELECT COUNT(*) FROM containers WHERE id = ?`, id).Scan(&exists); err != nil || exists > 0 {
+			return nil, fmt.Errorf("create container: container %s exists already (%v)", id, err)
+		}
 	}
 	layerID := newID()
-	if _, err := s.startLayer(layerID, img.TopLayer, KindContainer); err != nil {
+	if _, err := s.startLayer(layerID, top, KindContainer); err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	s.crashPoint("container-started")
-	if err := s.fillEmpty(layerID, img.TopLayer, KindContainer); err != nil {
+	if err := s.fillEmpty(layerID, top, KindContainer); err != nil {
 		return nil, fmt.Errorf("create container: layer %s: %w", layerID, s.discardLayer(layerID, err))
 	}
 	s.crashPoint("container-layer-made")
@@ -170,12 +172,13 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 	if opts.Name != "" {
 		name = opts.Name
 	}
+	created := nanos(time.Now())
 	err = s.tx(func(tx querier) error {
 		if err := completeLayer(tx, layerID, "", "", 0, 0); err != nil {
 			return err
 		}
 		_, err := tx.Exec(`INSERT INTO containers (id, name, image_id, layer_id, created, metadata) VALUES (?, ?, ?, ?, ?, ?)`,
-			id, name, img.ID, layerID, nanos(time.Now()), meta)
+			id, name, imageID, layerID, created, meta)
 		if err != nil && strings.Contains(err.Error(), "UNIQUE") {
 			return fmt.Errorf("%w: %q", ErrNameInUse, opts.Name)
 		}
@@ -185,7 +188,8 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		return nil, fmt.Errorf("create container: %w", s.discardLayer(layerID, err))
 	}
 	s.crashPoint("container-created")
-	return s.resolveContainer(s.q, id)
+	// What the rows say, without reading them back.
+	return &Container{ID: id, Name: opts.Name, Image: imageID, Layer: layerID, Created: fromNanos(created), Metadata: json.RawMessage(meta)}, nil
 }
 
 // RemoveContainer removes container ref and its read-write layer,

@@ -273,20 +273,42 @@ func (s *Store) imagesWhere(q querier, cond string, args ...any) ([]*Image, erro
 // a name, a manifest digest (bare or after a name), then a unique ID
 // prefix, as docker resolves them.
 func (s *Store) resolveImage(q querier, ref string) (*Image, error) {
+	id, _, err := s.resolveImageID(q, ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.imageByID(q, id)
+}
+
+// resolveImageID is resolveImage for callers that need the image's ID
+// and top layer only (CreateContainer): one small query for the row
+// instead of the image with its names and layers.
+func (s *Store) resolveImageID(q querier, ref string) (id, top string, err error) {
+	row := func(id string) (string, string, error) {
+		var top string
+		err := q.QueryRow(`SELECT COALESCE(top_layer, '') FROM images WHERE id = ?`, id).Scan(&top)
+		if errors.Is(err, sql.ErrNoRows) {
+			return "", "", fmt.Errorf("image %s: %w", id, ErrImageUnknown)
+		}
+		if err != nil {
+			return "", "", fmt.Errorf("database: image %s: %w", id, err)
+		}
+		return id, top, nil
+	}
 	if bare := strings.TrimPrefix(ref, "sha256:"); isID(bare) {
-		img, err := s.imageByID(q, bare)
+		id, top, err := row(bare)
 		if err == nil || !errors.Is(err, ErrImageUnknown) {
-			return img, err
+			return id, top, err
 		}
 	}
 	if name, err := NormalizeName(ref); err == nil {
 		var id string
 		err := q.QueryRow(`SELECT image_id FROM image_names WHERE name = ?`, name).Scan(&id)
 		if err == nil {
-			return s.imageByID(q, id)
+			return row(id)
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("database: image %s: %w", ref, err)
+			return "", "", fmt.Errorf("database: image %s: %w", ref, err)
 		}
 	}
 	dig := ref
@@ -297,20 +319,20 @@ func (s *Store) resolveImage(q querier, ref string) (*Image, error) {
 		var id string
 		err := q.QueryRow(`SELECT id FROM images WHERE digest = ? ORDER BY created LIMIT 1`, d.String()).Scan(&id)
 		if err == nil {
-			return s.imageByID(q, id)
+			return row(id)
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("database: image %s: %w", ref, err)
+			return "", "", fmt.Errorf("database: image %s: %w", ref, err)
 		}
 	}
-	id, err := resolvePrefix(q, "images", "", ref, ErrImageUnknown)
+	id, err = resolvePrefix(q, "images", "", ref, ErrImageUnknown)
 	if errors.Is(err, ErrImageUnknown) {
-		return nil, fmt.Errorf("image %q: %w", ref, ErrImageUnknown)
+		return "", "", fmt.Errorf("image %q: %w", ref, ErrImageUnknown)
 	}
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
-	return s.imageByID(q, id)
+	return row(id)
 }
 
 // Image returns image ref: ID, "sha256:"+ID, unique ID prefix, name

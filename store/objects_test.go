@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -926,4 +927,32 @@ func TestRecoveryMountsThroughSymlink(t *testing.T) {
 			}
 		}
 	})
+}
+
+// CreateContainer returns what the rows say (it builds the Container
+// without reading it back): the same as a lookup of it.
+func TestCreateContainerReturnsTheRecord(t *testing.T) {
+	root := filepath.Join(loopfs.New(t, "tmpfs", 0), "root")
+	s := open(t, "vfs", root)
+	img := mustImage(t, s, []string{"app"}, baseTar)
+	for _, opts := range []*store.ContainerOptions{nil, {Name: "web", Metadata: json.RawMessage(`{"a":1}`)}} {
+		c, err := s.CreateContainer("app", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Container(c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(c, got) {
+			t.Errorf("CreateContainer returned %+v, the lookup %+v", c, got)
+		}
+		if c.Image != img.ID || c.Layer == "" {
+			t.Errorf("container %+v: want image %s and a layer", c, img.ID)
+		}
+		l, err := s.Layer(c.Layer)
+		if err != nil || l.Parent != img.TopLayer || l.Kind != store.KindContainer {
+			t.Errorf("container layer %+v %v: want a read-write layer on %s", l, err, img.TopLayer)
+		}
+	}
 }
