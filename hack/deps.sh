@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 #   busybox-static                  the runnable fixture image
 #   tar gzip zstd pigz              GNU tar and friends: the benchmark baseline
 #   docker-registry                 Debian's distribution registry: image/'s pull and push tests
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz docker-registry)
+#   podman skopeo umoci             peers: image/'s save/load interoperability tests
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz docker-registry podman skopeo umoci)
 
 missing=()
 for p in "${packages[@]}"; do
