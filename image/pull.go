@@ -314,20 +314,62 @@ func pullLayers(ctx context.Context, st *store.Store, c *client, descs []v1.Desc
 			return nil
 		})
 	}
-	// The applier: one layer after the other, each from its spool.
+	// The applier: store.ApplyLayers reads each layer from its spool;
+	// with overlay several layers apply at once, others one after the
+	// other. Layers it stored are ours to remove if the pull fails.
 	g.Go(func() error {
 		defer func() {
 			for _, l := range todo {
 				l.sp.closeReader()
 			}
 		}()
+		readers := make([]*countReader, len(todo))
+		srcs := make([]store.LayerSource, len(todo))
 		for i, l := range todo {
-			n := have + i + 1
-			if err := applyLayer(gctx, st, l, res, &opts.RemoteOptions); err != nil {
-				opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusFailed, Err: err})
-				return fmt.Errorf("layer %d of %d (%s): %w", n, len(ls), l.desc.Digest, err)
+			blob := blobOf(l.desc)
+			srcs[i] = store.LayerSource{DiffID: l.diffID, Blob: &blob, Open: func(ctx context.Context) (io.ReadCloser, error) {
+				opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusApplying, Total: l.desc.Size})
+				readers[i] = &countReader{r: l.sp.reader(ctx)}
+				return io.NopCloser(readers[i]), nil
+			}}
+		}
+		stored, err := st.ApplyLayers(gctx, res.id, srcs)
+		for i, lay := range stored {
+			if readers[i] != nil && readers[i].n > 0 {
+				res.created = append(res.created, lay.ID)
 			}
 		}
+		if err != nil {
+			l := todo[min(len(stored), len(todo)-1)]
+			// A download's own error, if one ended with one, says more
+			// than what the apply made of it (a cut gzip stream).
+			for _, l := range todo {
+				if done, derr := l.sp.result(); done && derr != nil && !errors.Is(derr, errSpoolClosed) && !errors.Is(derr, context.Canceled) {
+					err = derr
+					break
+				}
+			}
+			opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusFailed, Err: err})
+			return fmt.Errorf("layer %d of %d (%s): %w", have+len(stored)+1, len(ls), l.desc.Digest, err)
+		}
+		for i, l := range todo {
+			r := readers[i]
+			if r != nil && r.n > 0 && !r.r.(*spoolReader).sawEOF {
+				// The apply stopped reading before the end of the blob:
+				// the layer is only good if the rest of the blob is what
+				// it says.
+				if err := l.sp.wait(gctx); err != nil {
+					return fmt.Errorf("layer %d of %d (%s): %w", have+i+1, len(ls), l.desc.Digest, err)
+				}
+			}
+			l.sp.closeReader()
+			if r == nil || r.n == 0 {
+				opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusExists, Total: l.desc.Size})
+			} else {
+				opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusApplied, Current: l.desc.Size, Total: l.desc.Size})
+			}
+		}
+		res.id = stored[len(stored)-1].ID
 		return nil
 	})
 	if err := g.Wait(); err != nil {
@@ -358,42 +400,6 @@ func download(ctx context.Context, c *client, l *pullLayer, o *RemoteOptions) er
 		return err
 	}
 	o.progress(Event{ID: id, Status: StatusDownloaded, Current: done, Total: l.desc.Size})
-	return nil
-}
-
-// applyLayer applies l on res.id from its spool and makes it res's top.
-func applyLayer(ctx context.Context, st *store.Store, l *pullLayer, res *pulled, o *RemoteOptions) error {
-	id := shortID(l.desc.Digest.Hex)
-	r := l.sp.reader(ctx)
-	counted := &countReader{r: r}
-	blob := blobOf(l.desc)
-	layer, err := st.ApplyDiff(ctx, res.id, counted, &store.ApplyOptions{DiffID: l.diffID, Blob: &blob})
-	if err != nil {
-		// The download's own error, if it ended with one, says more than
-		// what the apply made of it (a cut gzip stream).
-		if done, derr := l.sp.result(); done && derr != nil && !errors.Is(derr, errSpoolClosed) {
-			return derr
-		}
-		return err
-	}
-	if counted.n > 0 {
-		// Applied from the download: ours to remove if the pull fails.
-		res.created = append(res.created, layer.ID)
-	}
-	if counted.n > 0 && !r.sawEOF {
-		// The apply stopped reading before the end of the blob: the
-		// layer is only good if the rest of the blob is what it says.
-		if err := l.sp.wait(ctx); err != nil {
-			return err
-		}
-	}
-	l.sp.closeReader()
-	res.id = layer.ID
-	if counted.n == 0 {
-		o.progress(Event{ID: id, Status: StatusExists, Total: l.desc.Size})
-	} else {
-		o.progress(Event{ID: id, Status: StatusApplied, Current: l.desc.Size, Total: l.desc.Size})
-	}
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -477,9 +478,9 @@ func shortBlob(reg *testRegistry, d string) func(w http.ResponseWriter, r *http.
 	}
 }
 
-// TestPullCanceled cancels a pull after its bottom layer is applied,
+// TestPullCanceled cancels a pull after its bottom layer is downloaded,
 // while the next blob hangs: the pull fails with the cancellation and
-// removes the layer it had applied.
+// leaves no layer.
 func TestPullCanceled(t *testing.T) {
 	reg := startRegistry(t, registryOpts{})
 	p := newProxy(t, reg)
@@ -497,10 +498,15 @@ func TestPullCanceled(t *testing.T) {
 	st := newStore(t, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Cancel once the bottom layer is downloaded (and being applied, or
+	// applied: overlay completes a chain's layers together at the end).
 	bottom := ri.descs[0].Digest.Hex[:12]
 	opts := &PullOptions{RemoteOptions: RemoteOptions{Progress: func(e Event) {
-		if e.ID == bottom && e.Status == StatusApplied {
-			cancel()
+		if e.ID == bottom && e.Status == StatusDownloaded {
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				cancel()
+			}()
 		}
 	}}}
 	_, err := Pull(ctx, st, ref, opts)
