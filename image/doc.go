@@ -11,9 +11,10 @@
 //
 // Pull streams: every blob is verified against its digest while it
 // downloads (bounded concurrency, transient errors retried with backoff
-// and resumed with a range request), and the layers are applied through
-// store.ApplyDiff straight from the download, bottom first, while the
-// blobs above them keep downloading. Layers the store has already (same
+// and resumed with a range request) into an unnamed spool file that its
+// layer's apply reads as the bytes arrive, through store.ApplyLayers: with
+// overlay the layers of an image apply at once, with other drivers bottom
+// first while the blobs above keep downloading. Layers the store has already (same
 // chainID) are not downloaded. A failed pull leaves nothing of itself:
 // no image and no layer it created.
 //

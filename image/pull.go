@@ -47,8 +47,8 @@ var layerMediaTypes = []types.MediaType{
 // Pull fetches image ref (normalised as docker does) from its registry
 // into st and returns the stored image, named ref. Layers the store has
 // (same chainID) are not downloaded; the others download at once (up to
-// opts.Jobs) and apply bottom first, each while the ones above still
-// download. Any failure (a blob missing, cut short or not matching its
+// opts.Jobs), each applied as its bytes arrive (store.ApplyLayers: with
+// overlay several layers at once, with other drivers bottom first). Any failure (a blob missing, cut short or not matching its
 // digest, a layer not matching the config's diff_ids) fails the whole
 // pull and leaves nothing of it in st: no image, no layer it created.
 func Pull(ctx context.Context, st *store.Store, ref string, opts *PullOptions) (*store.Image, error) {
