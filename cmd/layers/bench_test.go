@@ -144,8 +144,10 @@ func BenchmarkCLI(b *testing.B) {
 // (LAYERS_BASELINE_BIN, e.g. one built from an older commit) process for
 // process, on one overlay root on tmpfs: each iteration runs every step
 // with both binaries, alternating which goes first, so that the noise of
-// a shared machine falls on both alike. It reports each binary's
-// milliseconds per step and the ratio new/base:
+// a shared machine falls on both alike. It reports each binary's wall
+// milliseconds per step, the CPU milliseconds (user + system) its
+// processes used, which a loaded machine disturbs less, and both ratios
+// new/base:
 //
 //   - create+mount: `create IMAGE` then `mount ID` (the container is
 //     removed untimed);
@@ -160,13 +162,20 @@ func BenchmarkCLIBaseline(b *testing.B) {
 	r := newRootOn(b, "overlay", "tmpfs", 2<<30)
 	img := importFixture(b, r, "localhost/busybox:fixture")
 	bins := []string{layersBin, base}
-	run := func(bin string, args ...string) string {
+	// cost is what the processes of one step took.
+	type cost struct{ wall, cpu time.Duration }
+	run := func(c *cost, bin string, args ...string) string {
 		b.Helper()
 		cmd := exec.Command(bin, append([]string{"--root", r.dir, "--runroot", r.runDir}, args...)...)
 		cmd.Env = cleanEnv()
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
+		start := time.Now()
 		out, err := cmd.Output()
+		if c != nil {
+			c.wall += time.Since(start)
+			c.cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		}
 		if err != nil || stderr.Len() > 0 {
 			b.Fatalf("%s %v: %v: %s", bin, args, err, stderr.String())
 		}
@@ -174,34 +183,29 @@ func BenchmarkCLIBaseline(b *testing.B) {
 	}
 	steps := []struct {
 		name string
-		do   func(bin string) (time.Duration, func())
+		do   func(c *cost, bin string) (undo func())
 	}{
-		{"create+mount", func(bin string) (time.Duration, func()) {
-			start := time.Now()
-			id := run(bin, "create", img.id)
-			run(bin, "mount", id)
-			return time.Since(start), func() { run(layersBin, "rm", id) }
+		{"create+mount", func(c *cost, bin string) func() {
+			id := run(c, bin, "create", img.id)
+			run(c, bin, "mount", id)
+			return func() { run(nil, layersBin, "rm", id) }
 		}},
-		{"images", func(bin string) (time.Duration, func()) {
-			start := time.Now()
-			run(bin, "images", "-q")
-			return time.Since(start), nil
+		{"images", func(c *cost, bin string) func() {
+			run(c, bin, "images", "-q")
+			return nil
 		}},
-		{"version", func(bin string) (time.Duration, func()) {
-			start := time.Now()
-			run(bin, "version")
-			return time.Since(start), nil
+		{"version", func(c *cost, bin string) func() {
+			run(c, bin, "version")
+			return nil
 		}},
 	}
-	bench := func(b *testing.B, name string, do func(string) (time.Duration, func())) {
-		var total [2]time.Duration
+	bench := func(b *testing.B, do func(*cost, string) func()) {
+		var total [2]cost
 		i := 0
 		for b.Loop() {
 			for k := range 2 {
 				j := (i + k) % 2
-				d, undo := do(bins[j])
-				total[j] += d
-				if undo != nil {
+				if undo := do(&total[j], bins[j]); undo != nil {
 					b.StopTimer()
 					undo()
 					b.StartTimer()
@@ -209,21 +213,24 @@ func BenchmarkCLIBaseline(b *testing.B) {
 			}
 			i++
 		}
-		n := float64(b.N)
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
 		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(float64(total[0].Microseconds())/1000/n, "new-ms/op")
-		b.ReportMetric(float64(total[1].Microseconds())/1000/n, "base-ms/op")
-		b.ReportMetric(float64(total[0])/float64(total[1]), "new/base")
+		b.ReportMetric(ms(total[0].wall), "new-ms/op")
+		b.ReportMetric(ms(total[1].wall), "base-ms/op")
+		b.ReportMetric(float64(total[0].wall)/float64(total[1].wall), "new/base")
+		b.ReportMetric(ms(total[0].cpu), "new-cpu-ms/op")
+		b.ReportMetric(ms(total[1].cpu), "base-cpu-ms/op")
+		b.ReportMetric(float64(total[0].cpu)/float64(total[1].cpu), "cpu-new/base")
 	}
 	for _, s := range steps {
-		b.Run(s.name, func(b *testing.B) { bench(b, s.name, s.do) })
+		b.Run(s.name, func(b *testing.B) { bench(b, s.do) })
 	}
 	var mounted []string
 	for range 100 {
-		id := run(layersBin, "create", img.id)
-		run(layersBin, "mount", id)
+		id := run(nil, layersBin, "create", img.id)
+		run(nil, layersBin, "mount", id)
 		mounted = append(mounted, id)
 	}
-	b.Cleanup(func() { run(layersBin, append([]string{"rm"}, mounted...)...) })
-	b.Run("create+mount-100", func(b *testing.B) { bench(b, "create+mount-100", steps[0].do) })
+	b.Cleanup(func() { run(nil, layersBin, append([]string{"rm"}, mounted...)...) })
+	b.Run("create+mount-100", func(b *testing.B) { bench(b, steps[0].do) })
 }
