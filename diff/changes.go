@@ -326,35 +326,41 @@ func exportXattr(name string) bool {
 // sameContent compares regular files name of directories lfd and ufd, of
 // equal size, byte by byte.
 func sameContent(lfd, ufd int, name string) (bool, error) {
-	lf, err := openFileAt(lfd, name)
+	return sameContentAt(lfd, name, ufd, name)
+}
+
+// sameContentAt compares regular files aname of directory afd and bname
+// of directory bfd, of equal size, byte by byte.
+func sameContentAt(afd int, aname string, bfd int, bname string) (bool, error) {
+	af, err := openFileAt(afd, aname)
 	if err != nil {
 		return false, err
 	}
-	defer lf.Close()
-	uf, err := openFileAt(ufd, name)
+	defer af.Close()
+	bf, err := openFileAt(bfd, bname)
 	if err != nil {
 		return false, err
 	}
-	defer uf.Close()
+	defer bf.Close()
 	const chunk = 64 << 10
-	lb := make([]byte, chunk)
-	ub := make([]byte, chunk)
+	ab := make([]byte, chunk)
+	bb := make([]byte, chunk)
 	for {
-		ln, lerr := io.ReadFull(lf, lb)
-		un, uerr := io.ReadFull(uf, ub)
-		if !bytes.Equal(lb[:ln], ub[:un]) {
+		an, aerr := io.ReadFull(af, ab)
+		bn, berr := io.ReadFull(bf, bb)
+		if !bytes.Equal(ab[:an], bb[:bn]) {
 			return false, nil
 		}
-		lend := lerr == io.EOF || lerr == io.ErrUnexpectedEOF
-		uend := uerr == io.EOF || uerr == io.ErrUnexpectedEOF
-		if lerr != nil && !lend {
-			return false, lerr
+		aend := aerr == io.EOF || aerr == io.ErrUnexpectedEOF
+		bend := berr == io.EOF || berr == io.ErrUnexpectedEOF
+		if aerr != nil && !aend {
+			return false, aerr
 		}
-		if uerr != nil && !uend {
-			return false, uerr
+		if berr != nil && !bend {
+			return false, berr
 		}
-		if lend || uend {
-			return lend == uend, nil
+		if aend || bend {
+			return aend == bend, nil
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package diff
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -958,38 +957,3 @@ func (d *overlayDiffer) metacopyData(ne *ovlEntry, nd mergedDir, p string) (data
 	return &e, release, nil
 }
 
-// sameContentAt compares regular files aname of directory afd and bname
-// of directory bfd, of equal size, byte by byte.
-func sameContentAt(afd int, aname string, bfd int, bname string) (bool, error) {
-	af, err := openFileAt(afd, aname)
-	if err != nil {
-		return false, err
-	}
-	defer af.Close()
-	bf, err := openFileAt(bfd, bname)
-	if err != nil {
-		return false, err
-	}
-	defer bf.Close()
-	const chunk = 64 << 10
-	ab := make([]byte, chunk)
-	bb := make([]byte, chunk)
-	for {
-		an, aerr := io.ReadFull(af, ab)
-		bn, berr := io.ReadFull(bf, bb)
-		if !bytes.Equal(ab[:an], bb[:bn]) {
-			return false, nil
-		}
-		aend := aerr == io.EOF || aerr == io.ErrUnexpectedEOF
-		bend := berr == io.EOF || berr == io.ErrUnexpectedEOF
-		if aerr != nil && !aend {
-			return false, aerr
-		}
-		if berr != nil && !bend {
-			return false, berr
-		}
-		if aend || bend {
-			return aend == bend, nil
-		}
-	}
-}
