@@ -956,4 +956,3 @@ func (d *overlayDiffer) metacopyData(ne *ovlEntry, nd mergedDir, p string) (data
 	}
 	return &e, release, nil
 }
-
