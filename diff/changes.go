@@ -247,26 +247,36 @@ func (d *differ) addTree() error {
 
 func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
+// compareStats is the part of Changes' rules that stat alone decides, for
+// a lower and an upper entry of the same kind: same is one inode (nothing
+// changed), differ is a mode, owner, mtime, size or device number that
+// moved. Neither means xattrs and perhaps content decide.
+func compareStats(ls, us *unix.Stat_t) (same, differ bool) {
+	if ls.Dev == us.Dev && ls.Ino == us.Ino {
+		return true, false
+	}
+	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid || ls.Mtim != us.Mtim {
+		return false, true
+	}
+	if typ := us.Mode & unix.S_IFMT; typ != unix.S_IFDIR {
+		if ls.Size != us.Size {
+			return false, true
+		}
+		if (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && ls.Rdev != us.Rdev {
+			return false, true
+		}
+	}
+	return false, false
+}
+
 // sameEntry compares entry name of the current directories of l and u, of
 // the same kind (both directories or both not), by the rules documented on
 // Changes.
 func sameEntry(l, u *dirStack, name string, ls, us *unix.Stat_t) (bool, error) {
-	if ls.Dev == us.Dev && ls.Ino == us.Ino {
-		return true, nil
-	}
-	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid ||
-		ls.Mtim != us.Mtim {
-		return false, nil
+	if same, differ := compareStats(ls, us); same || differ {
+		return same, nil
 	}
 	typ := us.Mode & unix.S_IFMT
-	if typ != unix.S_IFDIR {
-		if ls.Size != us.Size {
-			return false, nil
-		}
-		if (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && ls.Rdev != us.Rdev {
-			return false, nil
-		}
-	}
 	if eq, err := sameXattrs(l.procPath(name), u.procPath(name)); err != nil || !eq {
 		return false, err
 	}

@@ -343,24 +343,11 @@ func (e *ovlEntry) xattr(name string) ([]byte, error) {
 // getXattr returns attribute name of path (not followed), or nil and no
 // error when it is absent.
 func getXattr(path, name string) ([]byte, error) {
-	buf := make([]byte, 256)
-	for {
-		n, err := unix.Lgetxattr(path, name, buf)
-		switch {
-		case err == nil:
-			return buf[:n], nil
-		case errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP):
-			return nil, nil
-		case errors.Is(err, unix.ERANGE):
-			sz, err := unix.Lgetxattr(path, name, nil)
-			if err != nil {
-				return nil, fmt.Errorf("get xattr %s of %s: %w", name, path, err)
-			}
-			buf = make([]byte, sz+16)
-		default:
-			return nil, fmt.Errorf("get xattr %s of %s: %w", name, path, err)
-		}
+	v, err := xattr.Get(path, name)
+	if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
+		return nil, nil
 	}
+	return v, err
 }
 
 // fdXattr is getXattr on an open file.
@@ -859,22 +846,10 @@ func (d *overlayDiffer) addDir(m mergedDir, p string) error {
 // data from the lower file that holds it. nd is p's parent in the layer.
 func (d *overlayDiffer) sameEntry(oe, ne *ovlEntry, nd mergedDir, p string) (bool, error) {
 	ls, us := &oe.st, &ne.st
-	if ls.Dev == us.Dev && ls.Ino == us.Ino {
-		return true, nil
-	}
-	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid ||
-		ls.Mtim != us.Mtim {
-		return false, nil
+	if same, differ := compareStats(ls, us); same || differ {
+		return same, nil
 	}
 	typ := us.Mode & unix.S_IFMT
-	if typ != unix.S_IFDIR {
-		if ls.Size != us.Size {
-			return false, nil
-		}
-		if (typ == unix.S_IFCHR || typ == unix.S_IFBLK) && ls.Rdev != us.Rdev {
-			return false, nil
-		}
-	}
 	if eq, err := sameXattrs(oe.proc(), ne.proc()); err != nil || !eq {
 		if err != nil {
 			return false, fmt.Errorf("overlay changes: compare %s: %w", p, err)
