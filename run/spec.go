@@ -212,6 +212,13 @@ func makeSpec(in *specInput) (*specs.Spec, error) {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}})
 	}
 	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+	if o.ReadOnly {
+		// As podman's --read-only (with its default --read-only-tmpfs):
+		// the places programs expect to write stay writable, and empty.
+		for _, d := range []string{"/tmp", "/var/tmp", "/run"} {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: d, Type: "tmpfs", Source: "tmpfs", Options: []string{"rw", "nosuid", "nodev", "mode=1777"}})
+		}
+	}
 	for _, v := range o.Volumes {
 		mo := []string{"rbind", "rprivate"}
 		if v.ReadOnly {

@@ -76,7 +76,7 @@ func readInRoot(rootfd int, rel string) ([]byte, error) {
 type User struct {
 	UID, GID uint32
 	// AdditionalGids are the supplementary groups: those of the image's
-	// /etc/group that list the user by name, and the group asked for.
+	// /etc/group that list the user by name (none when a group is given).
 	AdditionalGids []uint32
 	// Home is the user's home from the image's /etc/passwd, "/" without
 	// an entry.
@@ -157,9 +157,9 @@ func ResolveUser(rootfd int, spec string) (*User, error) {
 			u.GID = gidNum
 		}
 	}
-	// Supplementary groups: every group listing the user by name. With
-	// an explicit group, docker keeps those too.
-	if userName != "" {
+	// Supplementary groups: every group listing the user by name, as
+	// docker (libcontainer) has them: only when no group was given.
+	if userName != "" && !hasGroup {
 		seen := map[uint32]bool{u.GID: true}
 		forEachEntry(groups, func(f []string) bool {
 			if len(f) < 4 {
