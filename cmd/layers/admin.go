@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/graphdriver"
+	runner "github.com/layers-storage/layers/run"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -97,12 +99,22 @@ layers with everything that depends on them (images, containers).`,
 			copts := store.CheckOptions{Digests: digests}
 			var rep *store.Report
 			verb := "check"
+			// What killed `layers run`s left (runtime state, their
+			// mounts) goes first, so that the store sees it undone.
+			var runProbs []store.Problem
+			var runErr error
 			if repair {
 				verb = "repair"
+				runProbs, runErr = runner.Cleanup(st)
 				rep, err = st.Repair(cmd.Context(), store.RepairOptions{CheckOptions: copts, RemoveDamaged: true})
 			} else {
+				runProbs, runErr = runner.Leftovers(st)
 				rep, err = st.Check(cmd.Context(), copts)
 			}
+			if rep != nil {
+				rep.Problems = append(runProbs, rep.Problems...)
+			}
+			err = errors.Join(runErr, err)
 			if rep != nil {
 				if perr := a.printReport(rep, asJSON); perr != nil && err == nil {
 					err = perr

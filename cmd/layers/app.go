@@ -71,6 +71,7 @@ LAYERS_RUNROOT, LAYERS_DRIVER.`,
 	a.addImageCommands(root)
 	a.addRegistryCommands(root)
 	root.AddCommand(a.commitCommand(), a.saveCommand(), a.loadCommand())
+	root.AddCommand(a.runCommand())
 	a.addContainerCommands(root)
 	a.addLayerCommands(root)
 	a.addAdminCommands(root)

@@ -138,8 +138,8 @@ func testFlow(t *testing.T, r *root) {
 		t.Fatalf("ps after mount: %+v", cs)
 	}
 	table = lines(r.ok(t, "ps"))
-	if len(table) != 2 || !regexp.MustCompile(`^CONTAINER ID\s+IMAGE\s+NAME\s+MOUNTED\s+CREATED$`).MatchString(table[0]) ||
-		!regexp.MustCompile(`^`+cid[:12]+`\s+localhost/busybox:fixture\s+c1\s+yes\s+.* ago$`).MatchString(table[1]) {
+	if len(table) != 2 || !regexp.MustCompile(`^CONTAINER ID\s+IMAGE\s+NAME\s+MOUNTED\s+CREATED\s+STATUS$`).MatchString(table[0]) ||
+		!regexp.MustCompile(`^`+cid[:12]+`\s+localhost/busybox:fixture\s+c1\s+yes\s+.* ago\s+created$`).MatchString(table[1]) {
 		t.Fatalf("ps table:\n%s", strings.Join(table, "\n"))
 	}
 

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	runner "github.com/layers-storage/layers/run"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -18,10 +19,18 @@ type containerJSON struct {
 	Layer   string    `json:"layer"`
 	Mounted bool      `json:"mounted"`
 	Created time.Time `json:"created"`
+	// Status is "created", "running" or "exited (N)" (containers of run);
+	// ExitCode the exit status of run's process once it exited.
+	Status   string `json:"status"`
+	ExitCode *int   `json:"exit_code,omitempty"`
 }
 
 func toContainerJSON(c *store.Container) containerJSON {
-	return containerJSON{ID: c.ID, Name: c.Name, Image: c.Image, Layer: c.Layer, Mounted: c.Mounted, Created: c.Created}
+	j := containerJSON{ID: c.ID, Name: c.Name, Image: c.Image, Layer: c.Layer, Mounted: c.Mounted, Created: c.Created, Status: containerStatus(c)}
+	if s := runner.ContainerState(c); s != nil {
+		j.ExitCode = s.ExitCode
+	}
+	return j
 }
 
 func (a *app) addContainerCommands(root *cobra.Command) {
@@ -158,7 +167,7 @@ func (a *app) printContainers(st *store.Store, cs []*store.Container, lf *listFl
 		}
 	}
 	now := time.Now()
-	t := newTable(a.stdout, "CONTAINER ID", "IMAGE", "NAME", "MOUNTED", "CREATED")
+	t := newTable(a.stdout, "CONTAINER ID", "IMAGE", "NAME", "MOUNTED", "CREATED", "STATUS")
 	for _, c := range cs {
 		img := imageNames[c.Image]
 		if img == "" {
@@ -168,7 +177,7 @@ func (a *app) printContainers(st *store.Store, cs []*store.Container, lf *listFl
 		if c.Mounted {
 			mounted = "yes"
 		}
-		t.row(lf.id(c.ID), img, c.Name, mounted, ago(c.Created, now))
+		t.row(lf.id(c.ID), img, c.Name, mounted, ago(c.Created, now), containerStatus(c))
 	}
 	return t.flush()
 }

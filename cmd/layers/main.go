@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 
+	runner "github.com/layers-storage/layers/run"
 	_ "github.com/layers-storage/layers/store/all" // every driver
 )
 
@@ -56,6 +57,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return exitOK
 	}
+	var es *exitStatus
+	if errors.As(err, &es) {
+		if es.err != nil {
+			fmt.Fprintf(stderr, "layers: %s\n", oneLine(es.err))
+		}
+		return es.code
+	}
 	var f *failure
 	if errors.As(err, &f) {
 		fmt.Fprintf(stderr, "layers: %s\n", oneLine(f.err))
@@ -69,6 +77,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		path = cmd.CommandPath()
 	}
 	fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", path)
+	if cmd != nil && cmd.Name() == "run" {
+		// run's own failures are 125, so that its process's status 2
+		// is never taken for a usage error.
+		return runner.ExitFailure
+	}
 	return exitUsage
 }
 
