@@ -226,4 +226,3 @@ func hasProcess(cmdline string) bool {
 	}
 	return false
 }
-
