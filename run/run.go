@@ -101,7 +101,9 @@ type Options struct {
 	Hostname string
 	// ReadOnly mounts the container's root read-only.
 	ReadOnly bool
-	// TTY gives the process a terminal.
+	// TTY gives the process a terminal, made by the runtime from the
+	// caller's: Stdin must be a terminal, whose input the runtime copies
+	// to the process.
 	TTY bool
 	// Stdin, when not nil, is the process's standard input (-i);
 	// otherwise it reads /dev/null.
@@ -204,6 +206,11 @@ func Run(ctx context.Context, st *store.Store, imageRef string, o *Options) (int
 	}
 	if o.Network != "" && o.Network != NetworkNone && o.Network != NetworkHost {
 		return 0, fmt.Errorf("network %q: %w: want none or host", o.Network, ErrBadOption)
+	}
+	if o.TTY && !isTerminal(o.Stdin) {
+		// runc and crun make the container's terminal from the caller's
+		// (and copy its input); without one they fail half-way.
+		return 0, fmt.Errorf("-t: %w: standard input is not a terminal", ErrBadOption)
 	}
 	img, err := st.Image(imageRef)
 	if err != nil {

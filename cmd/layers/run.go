@@ -77,7 +77,7 @@ executed, 127 when it is not in the image.`,
 				o.Volumes = append(o.Volumes, vol)
 			}
 			o.Stdout, o.Stderr = a.stdout, a.stderr
-			if interactive {
+			if interactive || tty {
 				o.Stdin = a.stdin
 			}
 			st, err := a.store()

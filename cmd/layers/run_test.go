@@ -92,6 +92,18 @@ func TestRunCLI(t *testing.T) {
 			if res := run(nil, "--bad-flag", img.name); res.code != 125 || !strings.Contains(res.stderr, "unknown flag") {
 				t.Fatalf("%s", res)
 			}
+			checkRunFailure(t, run(nil, "--rm", "-t", img.name, "true"), 125, "-t: bad option: standard input is not a terminal")
+			// -t on a terminal (script(1) makes one): the process has a
+			// terminal and its exit status comes through.
+			if script, err := exec.LookPath("script"); err == nil {
+				line := strings.Join([]string{layersBin, "--root", r.dir, "--runroot", r.runDir, "run", "--rm", "-t", "--runtime", rt, img.name, "sh", "-c", "'tty; echo $TERM; exit 6'"}, " ")
+				cmd := exec.Command(script, "-qec", line, "/dev/null")
+				cmd.Env = cleanEnv()
+				out, err := cmd.Output()
+				if cmd.ProcessState.ExitCode() != 6 || !strings.Contains(string(out), "/dev/pts/0\r\nxterm\r\n") {
+					t.Fatalf("-t: %v: %q", err, out)
+				}
+			}
 			if out := r.ok(t, "ps", "-q"); out != "" {
 				t.Fatalf("containers left: %q", out)
 			}
