@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 #   tar gzip zstd pigz              GNU tar and friends: the benchmark baseline
 #   docker-registry                 Debian's distribution registry: image/'s pull and push tests
 #   podman skopeo umoci             peers: image/'s save/load interoperability tests
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz docker-registry podman skopeo umoci)
+#   runc crun                       the OCI runtimes `layers run` drives (run/ tests both)
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux mount attr busybox-static tar gzip zstd pigz docker-registry podman skopeo umoci runc crun)
 
 missing=()
 for p in "${packages[@]}"; do

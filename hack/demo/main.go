@@ -2,7 +2,8 @@
 // the built-in busybox fixture image, printing each command and its
 // output: the image imported, listed, a container created, mounted and
 // changed, its changes listed, exported and applied as a new layer, a
-// hostile tar refused, everything removed and the root checked.
+// hostile tar refused, the container committed as an image and commands
+// run in that image, everything removed and the root checked.
 //
 // The fixture image is imported with the store library, since `layers
 // load` comes with the images issue; every other step runs the real
@@ -35,6 +36,9 @@ import (
 
 // imageName is what the fixture image is called in the demo root.
 const imageName = "localhost/busybox:demo"
+
+// committedName is the image committed from the demo's container.
+const committedName = "localhost/busybox:committed"
 
 func main() {
 	if err := run(os.Stdout); err != nil {
@@ -158,8 +162,27 @@ func run(w io.Writer) (err error) {
 		return errors.New("the hostile tar wrote outside the layer")
 	}
 
-	step(w, "clean up: unmount, remove the container, the image and the applied layer; check")
-	for _, args := range [][]string{{"umount", "demo"}, {"rm", "demo"}, {"rmi", imageName}, {"prune"}, {"layers"}, {"check"}} {
+	step(w, "commit the container as an image and run commands in it (an OCI runtime: runc or crun)")
+	fmt.Fprintf(w, "    $ echo 'written before commit' > %s/srv/data/note\n", mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "srv/data/note"), []byte("written before commit\n"), 0o644); err != nil {
+		return err
+	}
+	if _, err := d.layers(nil, "commit", "-m", "demo changes", "demo", committedName); err != nil {
+		return err
+	}
+	if _, err := d.layers(nil, "run", "--rm", committedName, "cat", "/hello.txt", "/srv/data/note"); err != nil {
+		return err
+	}
+	if _, err := d.layers(nil, "run", "--name", "ran", "-e", "WHO=layers", "-u", "app", "-w", "/srv/data", committedName,
+		"sh", "-c", `echo "$(id -un) in $(pwd), for $WHO"; test ! -e /etc/group && echo "/etc/group is gone, as committed"`); err != nil {
+		return err
+	}
+	if _, err := d.layers(nil, "ps"); err != nil {
+		return err
+	}
+
+	step(w, "clean up: unmount, remove the containers, the images and the applied layer; check")
+	for _, args := range [][]string{{"umount", "demo"}, {"rm", "demo", "ran"}, {"rmi", committedName}, {"rmi", imageName}, {"prune"}, {"layers"}, {"check"}} {
 		if _, err := d.layers(nil, args...); err != nil {
 			return err
 		}

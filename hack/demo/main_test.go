@@ -39,6 +39,13 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`(?m)^    \$ layers layer diff [0-9a-f]{12} \| layers layer apply --parent [0-9a-f]{12}\n    [0-9a-f]{64}\n`),
 		// the hostile tar refused with one error line.
 		regexp.MustCompile(`(?m)^    \$ layers layer apply < hostile.tar\n    layers: apply layer [0-9a-f]{64}: .*\n`),
+		// commit prints the new image's ID; run prints the process's
+		// output (the committed file, the user, workdir and env asked
+		// for); ps shows the kept container's exit status.
+		regexp.MustCompile(`(?m)^    \$ layers commit -m demo changes demo localhost/busybox:committed\n    [0-9a-f]{64}\n`),
+		regexp.MustCompile(`(?m)^    \$ layers run --rm localhost/busybox:committed cat /hello.txt /srv/data/note\n    hello, layers\n    written before commit\n`),
+		regexp.MustCompile(`(?m)^    \$ layers run --name ran .*\n    app in /srv/data, for layers\n    /etc/group is gone, as committed\n`),
+		regexp.MustCompile(`(?m)^    \$ layers ps\n    CONTAINER ID .* STATUS\n(    .*\n)*    [0-9a-f]{12} +localhost/busybox:committed +ran +no +.* ago +exited \(0\)\n`),
 		// prune frees the applied layer and the image's; check is clean.
 		regexp.MustCompile(`(?m)^    \$ layers prune\n(    removed layer [0-9a-f]{64}\n){2}    freed 2 layers, `),
 		regexp.MustCompile(`(?m)^    \$ layers layers\n    LAYER ID +PARENT +KIND +SIZE +CREATED +DIFF ID\n    \$ layers check\n    no problems found\n`),
