@@ -430,6 +430,30 @@ func (s *Store) Close() error {
 	return s.closeAll()
 }
 
+// CloseForExit is Close for a process that exits right after it (the
+// CLI): it releases the store lock but leaves the database connection to
+// the process's exit instead of closing it. SQLite's last connection to
+// close a database checkpoints the write-ahead log into the database file
+// and deletes it: two fsyncs, and the next writer re-creates the log with
+// two more (its header, its directory). Every commit is synced to the log
+// already, so nothing is less durable: the next process reads the log as
+// it would after a process was killed, which every Open handles anyway,
+// and SQLite checkpoints the log as it grows (walAutocheckpoint). The
+// Store must not be used afterwards, and a process that lives on must
+// call Close instead: the connection's memory and descriptors stay until
+// exit.
+func (s *Store) CloseForExit() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.lockFile != nil {
+		return s.lockFile.Close()
+	}
+	return nil
+}
+
 func (s *Store) closeAll() error {
 	var errs []error
 	if s.q != nil {

@@ -109,11 +109,13 @@ func (a *app) store() (*store.Store, error) {
 }
 
 // close closes the store if it was opened; calling it again does nothing.
+// The process exits right after, so the database is left to the exit (see
+// store.CloseForExit): that saves SQLite's checkpoint on close.
 func (a *app) close() error {
 	if a.st == nil {
 		return nil
 	}
-	err := a.st.Close()
+	err := a.st.CloseForExit()
 	a.debugf("verb ran in %s", time.Since(a.opened))
 	a.st = nil
 	return err
