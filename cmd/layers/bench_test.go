@@ -142,12 +142,15 @@ func BenchmarkCLI(b *testing.B) {
 
 // BenchmarkCLIBaseline compares this binary with another build of layers
 // (LAYERS_BASELINE_BIN, e.g. one built from an older commit) process for
-// process, on one overlay root on tmpfs: each iteration runs every step
-// with both binaries, alternating which goes first, so that the noise of
-// a shared machine falls on both alike. It reports each binary's wall
-// milliseconds per step, the CPU milliseconds (user + system) its
-// processes used, which a loaded machine disturbs less, and both ratios
-// new/base:
+// process, each binary on its own overlay root (so that one's database
+// state, such as a write-ahead log left for the next process, does not
+// fall on the other), both roots on the same kind of filesystem: tmpfs,
+// where syncs cost nothing, and ext4 on a loop device, where each commit's
+// fsync is paid as on a disk. Each iteration runs every step with both
+// binaries, alternating which goes first, so that the noise of a shared
+// machine falls on both alike. It reports each binary's wall milliseconds
+// per step, the CPU milliseconds (user + system) its processes used, which
+// a loaded machine disturbs less, and both ratios new/base:
 //
 //   - create+mount: `create IMAGE` then `mount ID` (the container is
 //     removed untimed);
@@ -159,13 +162,26 @@ func BenchmarkCLIBaseline(b *testing.B) {
 	if base == "" {
 		b.Skip("LAYERS_BASELINE_BIN names no baseline binary")
 	}
-	r := newRootOn(b, "overlay", "tmpfs", 2<<30)
-	img := importFixture(b, r, "localhost/busybox:fixture")
+	for _, fs := range []string{"tmpfs", "ext4"} {
+		b.Run(fs, func(b *testing.B) { benchCLIBaseline(b, fs, base) })
+	}
+}
+
+func benchCLIBaseline(b *testing.B, fs, base string) {
 	bins := []string{layersBin, base}
+	var roots [2]*root
+	var imgs [2]fixtureImage
+	for k := range bins {
+		roots[k] = newRootOn(b, "overlay", fs, 1<<30)
+		imgs[k] = importFixture(b, roots[k], "localhost/busybox:fixture")
+	}
 	// cost is what the processes of one step took.
 	type cost struct{ wall, cpu time.Duration }
-	run := func(c *cost, bin string, args ...string) string {
+	// run runs binary k on its root; rm and the setup run with the
+	// binary under test, untimed (c == nil).
+	run := func(c *cost, k int, bin string, args ...string) string {
 		b.Helper()
+		r := roots[k]
 		cmd := exec.Command(bin, append([]string{"--root", r.dir, "--runroot", r.runDir}, args...)...)
 		cmd.Env = cleanEnv()
 		var stderr strings.Builder
@@ -183,29 +199,29 @@ func BenchmarkCLIBaseline(b *testing.B) {
 	}
 	steps := []struct {
 		name string
-		do   func(c *cost, bin string) (undo func())
+		do   func(c *cost, k int) (undo func())
 	}{
-		{"create+mount", func(c *cost, bin string) func() {
-			id := run(c, bin, "create", img.id)
-			run(c, bin, "mount", id)
-			return func() { run(nil, layersBin, "rm", id) }
+		{"create+mount", func(c *cost, k int) func() {
+			id := run(c, k, bins[k], "create", imgs[k].id)
+			run(c, k, bins[k], "mount", id)
+			return func() { run(nil, k, layersBin, "rm", id) }
 		}},
-		{"images", func(c *cost, bin string) func() {
-			run(c, bin, "images", "-q")
+		{"images", func(c *cost, k int) func() {
+			run(c, k, bins[k], "images", "-q")
 			return nil
 		}},
-		{"version", func(c *cost, bin string) func() {
-			run(c, bin, "version")
+		{"version", func(c *cost, k int) func() {
+			run(c, k, bins[k], "version")
 			return nil
 		}},
 	}
-	bench := func(b *testing.B, do func(*cost, string) func()) {
+	bench := func(b *testing.B, do func(*cost, int) func()) {
 		var total [2]cost
 		i := 0
 		for b.Loop() {
-			for k := range 2 {
-				j := (i + k) % 2
-				if undo := do(&total[j], bins[j]); undo != nil {
+			for n := range 2 {
+				k := (i + n) % 2
+				if undo := do(&total[k], k); undo != nil {
 					b.StopTimer()
 					undo()
 					b.StartTimer()
@@ -225,12 +241,18 @@ func BenchmarkCLIBaseline(b *testing.B) {
 	for _, s := range steps {
 		b.Run(s.name, func(b *testing.B) { bench(b, s.do) })
 	}
-	var mounted []string
-	for range 100 {
-		id := run(nil, layersBin, "create", img.id)
-		run(nil, layersBin, "mount", id)
-		mounted = append(mounted, id)
+	var mounted [2][]string
+	for k := range bins {
+		for range 100 {
+			id := run(nil, k, layersBin, "create", imgs[k].id)
+			run(nil, k, layersBin, "mount", id)
+			mounted[k] = append(mounted[k], id)
+		}
 	}
-	b.Cleanup(func() { run(nil, layersBin, append([]string{"rm"}, mounted...)...) })
+	b.Cleanup(func() {
+		for k := range bins {
+			run(nil, k, layersBin, append([]string{"rm"}, mounted[k]...)...)
+		}
+	})
 	b.Run("create+mount-100", func(b *testing.B) { bench(b, steps[0].do) })
 }
