@@ -168,6 +168,18 @@ func helper(mode, root string) error {
 				return err
 			}
 		}
+	case "close-for-exit":
+		// A CLI process's life: one verb, then CloseForExit and exit.
+		if _, err := s.CreateContainer("keep", &store.ContainerOptions{Name: "exited"}); err != nil {
+			return err
+		}
+		if err := s.CloseForExit(); err != nil {
+			return err
+		}
+		if _, err := s.Containers(); !errors.Is(err, store.ErrClosed) {
+			return fmt.Errorf("Containers after CloseForExit: %v, want ErrClosed", err)
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown helper mode %q", mode)
 }

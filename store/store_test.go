@@ -510,3 +510,26 @@ func isHexString(s string) bool {
 	}
 	return s != ""
 }
+
+// A process that ends with CloseForExit leaves the write-ahead log to the
+// next process instead of checkpointing it: what it committed is in the
+// log, and the next Open reads it back.
+func TestCloseForExit(t *testing.T) {
+	root := filepath.Join(loopfs.New(t, "tmpfs", 0), "root")
+	s := open(t, "vfs", root)
+	img := mustImage(t, s, []string{"keep"}, baseTar)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := helperCmd(t, "close-for-exit", root).CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(filepath.Join(root, "layers.db-wal")); err != nil || fi.Size() == 0 {
+		t.Fatalf("the log was not left to the next process: %v", err)
+	}
+	s2 := open(t, "", root)
+	if got, err := s2.Container("exited"); err != nil || got.Image != img.ID {
+		t.Fatalf("container of the exited process: %+v %v", got, err)
+	}
+	assertClean(t, s2)
+}
