@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,8 +160,11 @@ func TestRunKilled(t *testing.T) {
 			needRuntime(t, rt)
 			r := newRoot(t, "")
 			img := importFixture(t, r, "localhost/busybox:run", "sh")
+			// A sleep of its own length, so that another run's stray
+			// sleep is not taken for this one's.
+			sleep := fmt.Sprintf("sleep %d", 100000+rand.IntN(900000))
 			for _, rm := range []bool{false, true} {
-				args := []string{"--root", r.dir, "--runroot", r.runDir, "run", "--runtime", rt, "--name", "victim", img.name, "sh", "-c", "echo up; sleep 100"}
+				args := []string{"--root", r.dir, "--runroot", r.runDir, "run", "--runtime", rt, "--name", "victim", img.name, "sh", "-c", "echo up; " + sleep}
 				if rm {
 					args = append(args[:4], append([]string{"run", "--rm"}, args[5:]...)...)
 				}
@@ -216,7 +221,7 @@ func TestRunKilled(t *testing.T) {
 			}
 			// The container's process was killed with its state.
 			deadline := time.Now().Add(5 * time.Second)
-			for hasProcess("sleep 100") {
+			for hasProcess(sleep) {
 				if time.Now().After(deadline) {
 					t.Fatal("the container's sleep still runs")
 				}
