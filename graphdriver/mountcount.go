@@ -40,13 +40,13 @@ func NewMountCount(file, target string) MountCount {
 // the count is zero and nothing is mounted there yet. It reports whether
 // it mounted. When mount fails, the count is left as it was.
 func (c MountCount) Acquire(mount func() error) (mounted bool, err error) {
-	err = c.update(func(n int, isMounted bool) (int, error) {
+	err = c.update(func(n int, isMounted bool, save func(int) error) (int, error) {
 		if !isMounted {
 			// The count is recorded before the mount: a process killed
 			// between the two leaves a count whose mount is missing,
 			// which the next reader resets. The reverse order would
 			// leave a mount nobody counts.
-			if err := c.write(n + 1); err != nil {
+			if err := save(n + 1); err != nil {
 				return n, err
 			}
 			if err := mount(); err != nil {
@@ -65,7 +65,7 @@ func (c MountCount) Acquire(mount func() error) (mounted bool, err error) {
 // unmount fails, the reference stays, so that the count still says the
 // point is mounted. It reports whether it unmounted.
 func (c MountCount) Release(unmount func() error) (unmounted bool, err error) {
-	err = c.update(func(n int, isMounted bool) (int, error) {
+	err = c.update(func(n int, isMounted bool, _ func(int) error) (int, error) {
 		switch {
 		case n == 0:
 			return 0, nil
@@ -86,7 +86,7 @@ func (c MountCount) Release(unmount func() error) (unmounted bool, err error) {
 // Count returns the references now held, reconciled with mountinfo.
 func (c MountCount) Count() (int, error) {
 	var count int
-	err := c.update(func(n int, _ bool) (int, error) {
+	err := c.update(func(n int, _ bool, _ func(int) error) (int, error) {
 		count = n
 		return n, nil
 	})
@@ -96,13 +96,14 @@ func (c MountCount) Count() (int, error) {
 // Reset sets the count to zero without unmounting, for callers that have
 // just unmounted the point themselves (a forced removal).
 func (c MountCount) Reset() error {
-	return c.update(func(int, bool) (int, error) { return 0, nil })
+	return c.update(func(int, bool, func(int) error) (int, error) { return 0, nil })
 }
 
 // update runs fn with the file locked and the reconciled count, and stores
 // what fn returns (also when fn fails, so that a failed mount restores the
-// count it had).
-func (c MountCount) update(fn func(n int, mounted bool) (int, error)) error {
+// count it had) unless the file holds it already. fn may store a count
+// earlier with save, on the same locked file.
+func (c MountCount) update(fn func(n int, mounted bool, save func(int) error) (int, error)) error {
 	f, err := os.OpenFile(c.file, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("mount count: %w", err)
@@ -111,7 +112,7 @@ func (c MountCount) update(fn func(n int, mounted bool) (int, error)) error {
 	if err := flock(f, unix.LOCK_EX); err != nil {
 		return fmt.Errorf("mount count: lock %s: %w", c.file, err)
 	}
-	n, err := readCount(f)
+	n, stored, err := readCount(f)
 	if err != nil {
 		return fmt.Errorf("mount count: %s: %w", c.file, err)
 	}
@@ -125,21 +126,20 @@ func (c MountCount) update(fn func(n int, mounted bool) (int, error)) error {
 	if !mounted {
 		n = 0
 	}
-	next, ferr := fn(n, mounted)
-	if err := c.writeFile(f, next); err != nil {
-		return errors.Join(ferr, err)
+	save := func(v int) error {
+		if err := c.writeFile(f, v); err != nil {
+			return err
+		}
+		stored = v
+		return nil
+	}
+	next, ferr := fn(n, mounted, save)
+	if next != stored {
+		if err := save(next); err != nil {
+			return errors.Join(ferr, err)
+		}
 	}
 	return ferr
-}
-
-// write stores n while the caller holds the lock (from inside update).
-func (c MountCount) write(n int) error {
-	f, err := os.OpenFile(c.file, os.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("mount count: %w", err)
-	}
-	defer f.Close()
-	return c.writeFile(f, n)
 }
 
 func (c MountCount) writeFile(f *os.File, n int) error {
@@ -153,24 +153,26 @@ func (c MountCount) writeFile(f *os.File, n int) error {
 	return nil
 }
 
-func readCount(f *os.File) (int, error) {
+// readCount returns the count the file holds, and the value it holds as
+// written (-1 when it holds no clean count, so that update rewrites it).
+func readCount(f *os.File) (n, stored int, err error) {
 	buf := make([]byte, 32)
 	k, err := f.ReadAt(buf, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return 0, err
+		return 0, 0, err
 	}
 	s := strings.TrimSpace(string(buf[:k]))
 	if s == "" {
-		return 0, nil // new, or cut short by a crash: reconciled below
+		return 0, -1, nil // new, or cut short by a crash: reconciled below
 	}
 	n, perr := strconv.Atoi(s)
-	if perr != nil || n < 0 {
+	if perr != nil || n < 0 || string(buf[:k]) != strconv.Itoa(n)+"\n" {
 		// A damaged count is no reason to refuse a mount: mountinfo
 		// knows whether it is mounted, and one reference is the least
 		// a mounted point has.
-		return 1, nil
+		return 1, -1, nil
 	}
-	return n, nil
+	return n, n, nil
 }
 
 func flock(f *os.File, how int) error {
