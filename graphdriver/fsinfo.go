@@ -2,6 +2,7 @@ package graphdriver
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -45,4 +46,21 @@ func BackingFilesystem(path string) string {
 		return "unknown"
 	}
 	return FilesystemName(st.Type)
+}
+
+// KernelFilesystems returns the filesystem types the running kernel
+// knows, from /proc/filesystems; an error when that cannot be read (a
+// caller then lets a mount decide).
+func KernelFilesystems() (map[string]bool, error) {
+	b, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			have[f[len(f)-1]] = true
+		}
+	}
+	return have, nil
 }

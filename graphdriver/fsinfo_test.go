@@ -24,3 +24,14 @@ func TestBackingFilesystem(t *testing.T) {
 		t.Errorf("BackingFilesystem(/dev/shm) = %q, want tmpfs", got)
 	}
 }
+
+func TestKernelFilesystems(t *testing.T) {
+	have, err := KernelFilesystems()
+	if err != nil {
+		t.Skipf("no /proc/filesystems: %v", err)
+	}
+	// /proc/filesystems itself is served by proc, so the kernel has it.
+	if !have["proc"] || have["nodev"] || have[""] {
+		t.Errorf("KernelFilesystems() = %v: want proc, and no \"nodev\" column", have)
+	}
+}

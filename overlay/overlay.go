@@ -240,16 +240,8 @@ func unmountProbe(path string) error {
 // kernelHasOverlay reads /proc/filesystems; when it cannot be read, the
 // probe mount decides.
 func kernelHasOverlay() bool {
-	b, err := os.ReadFile("/proc/filesystems")
-	if err != nil {
-		return true
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 0 && f[len(f)-1] == "overlay" {
-			return true
-		}
-	}
-	return false
+	have, err := graphdriver.KernelFilesystems()
+	return err != nil || have["overlay"]
 }
 
 // supportsDType reports whether the filesystem of dir fills d_type in

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -185,13 +184,7 @@ func gatherInfo(st *store.Store) (*infoJSON, error) {
 	if unix.Uname(&uts) == nil {
 		in.Kernel = unix.ByteSliceToString(uts.Release[:])
 	}
-	if b, err := os.ReadFile("/proc/filesystems"); err == nil {
-		have := map[string]bool{}
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) > 0 {
-				have[f[len(f)-1]] = true
-			}
-		}
+	if have, err := graphdriver.KernelFilesystems(); err == nil {
 		for _, fs := range interestingFS {
 			if have[fs] {
 				in.Filesystems = append(in.Filesystems, fs)
