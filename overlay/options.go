@@ -50,24 +50,19 @@ func parseOptions(options map[string]string) (config, error) {
 	for _, key := range keys {
 		val := options[key]
 		switch strings.TrimPrefix(key, Name+".") {
-		case optUserXattr:
+		case optUserXattr, optMetacopy, optRedirectDir:
 			b, err := strconv.ParseBool(val)
 			if err != nil {
 				return c, graphdriver.InvalidOption(Name, key, val, errors.New("want true or false"))
 			}
-			c.userXattr = &b
-		case optMetacopy:
-			b, err := strconv.ParseBool(val)
-			if err != nil {
-				return c, graphdriver.InvalidOption(Name, key, val, errors.New("want true or false"))
+			switch strings.TrimPrefix(key, Name+".") {
+			case optUserXattr:
+				c.userXattr = &b
+			case optMetacopy:
+				c.metacopy = b
+			default:
+				c.redirectDir, explicitRedirect = b, true
 			}
-			c.metacopy = b
-		case optRedirectDir:
-			b, err := strconv.ParseBool(val)
-			if err != nil {
-				return c, graphdriver.InvalidOption(Name, key, val, errors.New("want true or false"))
-			}
-			c.redirectDir, explicitRedirect = b, true
 		case optMountOpt:
 			for _, o := range strings.Split(val, ",") {
 				if o = strings.TrimSpace(o); o == "" {
