@@ -12,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/layers-storage/layers/fixtures"
-	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -147,11 +146,8 @@ func TestApplyLayersOverlap(t *testing.T) {
 	for _, es := range chainLayers {
 		tars = append(tars, fixtures.Tar(es...))
 	}
-	forEachDriver(t, func(t *testing.T, driver, root string) {
+	forEachDriverThat(t, "apply layers natively", appliesNatively, func(t *testing.T, driver, root string) {
 		s := open(t, driver, root)
-		if _, native := s.Driver().(graphdriver.Applier); !native {
-			t.Skipf("driver %s applies through mounts: layers go one after the other", driver)
-		}
 		var opens atomic.Int32
 		srcs := sources(tars, &opens)
 		topStarted := make(chan struct{})

@@ -25,6 +25,56 @@ import (
 // drivers are the drivers every case runs with.
 func drivers() []string { return graphdriver.Names() }
 
+// forEachDriverThat is forEachDriver for a case about something only some
+// drivers do (has says which); the others do not run it at all, since it
+// says nothing about them, and the test logs which were left out.
+func forEachDriverThat(t *testing.T, what string, has func(t *testing.T, d graphdriver.Driver) bool, f func(t *testing.T, driver, root string)) {
+	t.Helper()
+	for _, name := range drivers() {
+		d, err := graphdriver.New(name, t.TempDir(), nil)
+		if err != nil {
+			t.Fatalf("driver %s: %v", name, err)
+		}
+		ok := has(t, d)
+		if err := d.Cleanup(); err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			t.Logf("driver %s does not %s: not a case for it", name, what)
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			root := filepath.Join(loopfs.New(t, "tmpfs", 0), "root")
+			f(t, name, root)
+		})
+	}
+}
+
+// appliesNatively: the driver writes a layer's tar without mounting, so
+// the layers of a chain may be applied at once.
+func appliesNatively(_ *testing.T, d graphdriver.Driver) bool {
+	_, ok := d.(graphdriver.Applier)
+	return ok
+}
+
+// mountsLayers: Get mounts something (vfs hands out a plain directory).
+func mountsLayers(t *testing.T, d graphdriver.Driver) bool {
+	t.Helper()
+	if err := d.CreateReadWrite("probe", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	p, err := d.Get("probe", graphdriver.MountOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("probe")
+	ok, err := graphdriver.IsMountpoint(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
 // forEachDriver runs f as a subtest per driver, each on a fresh tmpfs root.
 func forEachDriver(t *testing.T, f func(t *testing.T, driver, root string)) {
 	t.Helper()
