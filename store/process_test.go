@@ -45,7 +45,7 @@ func full(driver string) bool {
 func TestHelperProcess(t *testing.T) {
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
-		t.Skip("helper process only")
+		return // run as a test, it has nothing to do
 	}
 	if err := helper(mode, os.Getenv(rootEnv)); err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
