@@ -31,6 +31,9 @@ var (
 	ErrInvalidOption = errors.New("invalid storage option")
 	// ErrUnknownDriver means no driver is registered under that name.
 	ErrUnknownDriver = errors.New("unknown driver")
+	// ErrMounted means an operation that needs a layer unmounted found it
+	// mounted.
+	ErrMounted = errors.New("layer is mounted")
 )
 
 // Driver is the contract of a storage driver. Layer IDs are chosen by the
@@ -106,6 +109,35 @@ type Applier interface {
 type Sizer interface {
 	// Size returns the bytes layer id adds on top of parent.
 	Size(ctx context.Context, id, parent string) (int64, error)
+}
+
+// ReadWriteCommitter is implemented by drivers that can turn a read-write
+// layer's changes into an image layer without copying them: the changes
+// become the image layer, and the read-write layer goes on, with no
+// changes of its own, on top of it. The read-write layer shows the same
+// tree before, during and after, so a container committed this way keeps
+// running on its new parent.
+//
+// A commit has two steps, so that the caller can record the result in its
+// own metadata between them: CommitReadWrite moves the data and keeps what
+// undoing it needs; ResolveCommit then keeps the commit or undoes it. A
+// process killed between the two leaves a commit that ResolveCommit ends
+// either way, whichever step the kill interrupted.
+type ReadWriteCommitter interface {
+	// CommitReadWrite makes image layer id, on rw's parent, out of
+	// read-write layer rw's changes, and puts rw on id with no changes.
+	// rw must not be mounted (ErrMounted). An error wrapping
+	// ErrNotSupported means rw's changes cannot stand alone as a layer
+	// (for overlay: renamed directories or metacopy files, whose data is
+	// in the lowers) and nothing changed: copy them instead. After any
+	// other error, call ResolveCommit(rw, id, false).
+	CommitReadWrite(rw, id string) error
+	// ResolveCommit ends a CommitReadWrite of rw into id, finished or
+	// interrupted at any point: keep forgets how to undo it; !keep undoes
+	// it, so that rw holds its changes again on its old parent and layer
+	// id is gone. It is idempotent, and undoing a commit that never
+	// started (no layer id) succeeds. rw must not be mounted to undo.
+	ResolveCommit(rw, id string, keep bool) error
 }
 
 // UnknownOption is the error for a storage option driver does not take.

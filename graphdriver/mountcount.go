@@ -93,6 +93,18 @@ func (c MountCount) Count() (int, error) {
 	return count, err
 }
 
+// Unmounted runs fn while nothing is mounted at the mount point and no
+// Acquire can mount it, and returns what fn returns; when something is
+// mounted, it returns an error wrapping ErrMounted without calling fn.
+func (c MountCount) Unmounted(fn func() error) error {
+	return c.update(func(n int, mounted bool, _ func(int) error) (int, error) {
+		if mounted {
+			return n, fmt.Errorf("%s: %w", c.target, ErrMounted)
+		}
+		return n, fn()
+	})
+}
+
 // Reset sets the count to zero without unmounting, for callers that have
 // just unmounted the point themselves (a forced removal).
 func (c MountCount) Reset() error {

@@ -17,6 +17,8 @@
 //	HOME/<id>/kind        "image" (Create) or "read-write" (CreateReadWrite)
 //	HOME/<id>/link        the layer's short name (6 base-36 characters)
 //	HOME/<id>/mounts      the mount count of merged (graphdriver.MountCount)
+//	HOME/<id>/commit-of   in an image layer made by CommitReadWrite, until
+//	                      the commit is resolved: how to undo it
 //	HOME/l/<short>        symlink to ../<id>/diff, so that mount options
 //	                      naming many lowers stay short (see below)
 //	HOME/empty            an empty directory: the lower of read-write
@@ -557,17 +559,25 @@ func (d *Driver) Remove(id string) error {
 	}
 	unlock := d.locks.lock(id)
 	defer unlock()
+	if err := d.remove(id); err != nil {
+		return fmt.Errorf("remove layer %s: %w", id, err)
+	}
+	return nil
+}
+
+// remove is Remove with id locked.
+func (d *Driver) remove(id string) error {
 	if err := unmountAll(d.merged(id)); err != nil {
 		// Never delete through a live mount: that would write whiteouts
 		// into the upper dir of whoever still uses it.
-		return fmt.Errorf("remove layer %s: %w", id, err)
+		return err
 	}
 	d.setHeld(id, 0)
 	short, _ := d.readLink(id) // a layer without link still goes
 	// Renamed out under HOME/tmp first, then deleted: the layer stops
 	// existing at once, and a crash leaves only HOME/tmp debris.
 	if err := d.tmp.RemoveTree("rm-"+id, d.dir(id)); err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
+		return err
 	}
 	// Its short link goes last: one left by a crash points nowhere and
 	// is harmless.
@@ -575,7 +585,7 @@ func (d *Driver) Remove(id string) error {
 		link := filepath.Join(d.links, short)
 		if target, err := os.Readlink(link); err == nil && target == filepath.Join("..", id, "diff") {
 			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("remove layer %s: %w", id, err)
+				return err
 			}
 		}
 	}
