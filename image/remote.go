@@ -72,6 +72,11 @@ type RemoteOptions struct {
 	// Retries bounds the attempts after a transient error; 0 means
 	// DefaultRetries, a negative value none.
 	Retries int
+	// IdleTimeout cuts a request whose connection moved no byte for that
+	// long (a registry gone silent mid-blob), failing it with
+	// ErrIdleTimeout, which is retried like any transient error; 0 means
+	// DefaultIdleTimeout, a negative value never.
+	IdleTimeout time.Duration
 	// retryDelay is the first backoff delay (doubling each time); 0
 	// means one second. Tests shorten it.
 	retryDelay time.Duration
@@ -111,6 +116,15 @@ func (o *RemoteOptions) baseTransport() http.RoundTripper {
 	// Several blobs of one registry at once, each on its own connection.
 	t.MaxIdleConnsPerHost = 16
 	return t
+}
+
+// transport is baseTransport with the idle timeout applied.
+func (o *RemoteOptions) transport() http.RoundTripper {
+	base := o.baseTransport()
+	if idle := o.idleTimeout(); idle > 0 {
+		return &idleTransport{rt: base, idle: idle}
+	}
+	return base
 }
 
 // parseReference normalises ref as docker does and parses it for the
@@ -164,7 +178,7 @@ func newClient(ctx context.Context, repo name.Repository, opts *RemoteOptions, p
 	var tr http.RoundTripper
 	err = retry(ctx, opts, func() error {
 		var err error
-		tr, err = transport.NewWithContext(ctx, repo.Registry, auth, opts.baseTransport(), scopes)
+		tr, err = transport.NewWithContext(ctx, repo.Registry, auth, opts.transport(), scopes)
 		return err
 	})
 	if err != nil {
@@ -197,7 +211,7 @@ func isTransient(err error) bool {
 		return false
 	}
 	var te *transientError
-	if errors.As(err, &te) {
+	if errors.As(err, &te) || errors.Is(err, ErrIdleTimeout) {
 		return true
 	}
 	var he *transport.Error
