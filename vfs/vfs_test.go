@@ -5,7 +5,9 @@ import (
 	"errors"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -15,17 +17,28 @@ import (
 	"github.com/layers-storage/layers/graphdriver/drivertest"
 	"github.com/layers-storage/layers/internal/fscopy"
 	"github.com/layers-storage/layers/internal/loopfs"
+	"github.com/layers-storage/layers/internal/subvol"
 )
 
 func TestSuite(t *testing.T) {
 	t.Run("tempdir", func(t *testing.T) { drivertest.Run(t, drivertest.HomeFactory("", New, nil)) })
-	for _, typ := range []string{"xfs", "btrfs"} {
-		t.Run(typ, func(t *testing.T) {
+	for _, c := range []struct {
+		name, typ string
+		opts      map[string]string
+	}{
+		{"xfs", "xfs", map[string]string{"vfs.copy": "reflink"}},
+		// On btrfs layers are subvolumes and children snapshots ...
+		{"btrfs", "btrfs", map[string]string{"vfs.copy": "reflink"}},
+		// ... unless turned off: then copies with reflinks, as on xfs.
+		{"btrfs-copy", "btrfs", map[string]string{"vfs.copy": "reflink", "vfs.subvolumes": "false"}},
+		{"ext4", "ext4", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			if os.Geteuid() != 0 {
 				t.Skip("loop filesystems need root")
 			}
-			mnt := loopfs.New(t, typ, 1<<30)
-			drivertest.Run(t, drivertest.HomeFactory(mnt, New, map[string]string{"vfs.copy": "reflink"}))
+			mnt := loopfs.New(t, c.typ, 1<<30)
+			drivertest.Run(t, drivertest.HomeFactory(mnt, New, c.opts))
 		})
 	}
 }
@@ -48,6 +61,10 @@ func TestOptions(t *testing.T) {
 	_, err = New(t.TempDir(), map[string]string{"vfs.copy": "fast"})
 	if !errors.Is(err, graphdriver.ErrInvalidOption) || !strings.Contains(err.Error(), "want auto, reflink or copy") {
 		t.Fatalf("bad vfs.copy: %v", err)
+	}
+	_, err = New(t.TempDir(), map[string]string{"vfs.subvolumes": "maybe"})
+	if !errors.Is(err, graphdriver.ErrInvalidOption) || !strings.Contains(err.Error(), "want true or false") {
+		t.Fatalf("bad vfs.subvolumes: %v", err)
 	}
 	for _, v := range []string{"auto", "copy"} {
 		if _, err := New(t.TempDir(), map[string]string{"vfs.copy": v}); err != nil {
@@ -267,3 +284,225 @@ func TestRegistryDefaultPicksVFS(t *testing.T) {
 		t.Fatalf("New with unknown option: %v", err)
 	}
 }
+
+// subvolumes returns the subvolumes `btrfs subvolume list` shows under
+// mnt, an independent look at what the driver did; it skips without
+// btrfs-progs.
+func subvolumes(t *testing.T, mnt string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("btrfs"); err != nil {
+		t.Skip("btrfs-progs not installed: cannot cross-check the subvolume list")
+	}
+	out, err := exec.Command("btrfs", "subvolume", "list", mnt).CombinedOutput()
+	if err != nil {
+		t.Fatalf("btrfs subvolume list: %v: %s", err, out)
+	}
+	var paths []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if i := strings.Index(line, " path "); i >= 0 {
+			paths = append(paths, line[i+len(" path "):])
+		}
+	}
+	sort.Strings(paths)
+	return paths
+}
+
+func isSubvolume(t *testing.T, path string) bool {
+	t.Helper()
+	ok, err := subvol.IsSubvolume(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// On btrfs every layer is a subvolume, a child is a snapshot of its
+// parent (same tree, every extent shared, its own inodes untouched by the
+// parent's later changes), and Remove deletes the subvolume.
+func TestSubvolumesOnBtrfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loop filesystems need root")
+	}
+	mnt := loopfs.New(t, "btrfs", 1<<30)
+	home := filepath.Join(mnt, "home")
+	d := newDriver(t, home, nil)
+	if err := d.Create("base", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := d.Get("base", graphdriver.MountOpts{})
+	defer d.Put("base")
+	if !isSubvolume(t, base) {
+		t.Fatal("base layer is not a subvolume")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(base, &st); err != nil || st.Mode&07777 != 0o755 || st.Uid != 0 || st.Gid != 0 {
+		t.Fatalf("base root: mode %#o owner %d:%d, %v", st.Mode&07777, st.Uid, st.Gid, err)
+	}
+	data := make([]byte, 8<<20)
+	rand.New(rand.NewSource(2)).Read(data)
+	if err := os.MkdirAll(filepath.Join(base, "usr/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(base, "usr/bin/big"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(base, "usr/bin/big"), filepath.Join(base, "usr/bin/link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Create("child", "base", nil); err != nil {
+		t.Fatal(err)
+	}
+	child, _ := d.Get("child", graphdriver.MountOpts{})
+	defer d.Put("child")
+	if !isSubvolume(t, child) {
+		t.Fatal("child layer is not a subvolume")
+	}
+	got, err := os.ReadFile(filepath.Join(child, "usr/bin/big"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("child's copy differs (%v)", err)
+	}
+	var a, b unix.Stat_t
+	if err := unix.Lstat(filepath.Join(child, "usr/bin/big"), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lstat(filepath.Join(child, "usr/bin/link"), &b); err != nil {
+		t.Fatal(err)
+	}
+	if a.Ino != b.Ino || a.Nlink != 2 {
+		t.Errorf("hardlink not kept: inodes %d %d, nlink %d", a.Ino, b.Ino, a.Nlink)
+	}
+	unix.Sync()
+	shared, mapped, err := fscopy.SharedBytes(filepath.Join(child, "usr/bin/big"))
+	if err != nil || shared != mapped || mapped < int64(len(data)) {
+		t.Errorf("%d of %d bytes shared (%v)", shared, mapped, err)
+	}
+	// Changes to the parent after the snapshot stay out of the child.
+	if err := os.WriteFile(filepath.Join(base, "later"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(child, "later")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("parent's later file seen in the child: %v", err)
+	}
+	st2 := map[string]string{}
+	for _, s := range d.Status() {
+		st2[s.Key] = s.Value
+	}
+	if st2["Layer Copies"] != "btrfs snapshot" {
+		t.Errorf("Status = %v", st2)
+	}
+	want := []string{"home/dir/" + "base", "home/dir/" + "child"}
+	if l := subvolumes(t, mnt); strings.Join(l, " ") != strings.Join(want, " ") {
+		t.Fatalf("subvolumes %q, want %q", l, want)
+	}
+	// An immutable file (a container may chattr +i) cannot be unlinked,
+	// so only the deletion of the whole subvolume removes the layer.
+	f, err := os.Open(filepath.Join(child, "usr/bin/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, fsImmutableFl)
+	f.Close()
+	if err != nil {
+		t.Fatalf("chattr +i: %v", err)
+	}
+	if err := d.Remove("child"); err != nil {
+		t.Fatal(err)
+	}
+	if d.Exists("child") {
+		t.Fatal("child exists after Remove")
+	}
+	if l := subvolumes(t, mnt); len(l) != 1 || l[0] != "home/dir/base" {
+		t.Fatalf("after Remove: subvolumes %q, want only the base", l)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, "tmp")); len(ents) != 0 {
+		t.Errorf("left in HOME/tmp: %v", ents)
+	}
+}
+
+// A parent made as a plain directory (vfs.subvolumes=false, or an older
+// version) gets a child that is a new subvolume filled by a copy, whose
+// own children are snapshots again; with vfs.subvolumes=false nothing is
+// a subvolume.
+func TestSubvolumesMixed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loop filesystems need root")
+	}
+	mnt := loopfs.New(t, "btrfs", 1<<30)
+	home := filepath.Join(mnt, "home")
+	plain := newDriver(t, home, map[string]string{"vfs.subvolumes": "false"})
+	if err := plain.Create("p", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	pp, _ := plain.Get("p", graphdriver.MountOpts{})
+	if err := os.WriteFile(filepath.Join(pp, "f"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Create("p2", "p", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"p", "p2"} {
+		if isSubvolume(t, filepath.Join(home, "dir", id)) {
+			t.Errorf("%s is a subvolume with vfs.subvolumes=false", id)
+		}
+	}
+	for _, s := range plain.Status() {
+		if s.Key == "Layer Copies" && s.Value != "reflink" {
+			t.Errorf("Layer Copies = %q with vfs.subvolumes=false", s.Value)
+		}
+	}
+	d := newDriver(t, home, nil)
+	if err := d.Create("c", "p", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Create("gc", "c", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"c", "gc"} {
+		p := filepath.Join(home, "dir", id)
+		if !isSubvolume(t, p) {
+			t.Errorf("%s is not a subvolume", id)
+		}
+		if got, err := os.ReadFile(filepath.Join(p, "f")); err != nil || string(got) != "x" {
+			t.Errorf("%s/f = %q, %v", id, got, err)
+		}
+	}
+	// Removal works on both kinds, whichever driver made them.
+	for _, id := range []string{"gc", "c", "p2", "p"} {
+		if err := d.Remove(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := subvolumes(t, mnt); len(l) != 0 {
+		t.Errorf("subvolumes left: %q", l)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, "dir")); len(ents) != 0 {
+		t.Errorf("layers left: %v", ents)
+	}
+}
+
+// A subvolume left under HOME/tmp by a killed process is deleted by New.
+func TestNewDeletesStaleSubvolume(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loop filesystems need root")
+	}
+	mnt := loopfs.New(t, "btrfs", 1<<30)
+	home := filepath.Join(mnt, "home")
+	newDriver(t, home, nil)
+	stale := filepath.Join(home, "tmp", "new-x-0011223344556677")
+	if err := subvol.Create(stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	newDriver(t, home, nil)
+	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale subvolume kept: %v", err)
+	}
+	if l := subvolumes(t, mnt); len(l) != 0 {
+		t.Errorf("subvolumes left: %q", l)
+	}
+}
+
+// fsImmutableFl is FS_IMMUTABLE_FL (linux/fs.h), which x/sys lacks.
+const fsImmutableFl = 0x10
