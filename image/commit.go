@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,10 +62,13 @@ func ParseSourceDateEpoch(s string) (*time.Time, error) {
 }
 
 // Commit makes a new image of container cref's changes, named ref ("" for
-// none), and returns it. The changes (native for overlay, the naive
-// differ otherwise) stream once into a new read-only layer on the
-// container's image, whose diffID is computed in that same pass; a layer
-// with the same chainID stored already is reused. The config inherits
+// none), and returns it. The changes become a new read-only layer on the
+// container's image (store.CommitContainer): in place, without copying,
+// where the driver can and the container is not mounted, the container
+// then going on from the new layer; otherwise streamed once into it. The
+// diffID is computed in the same pass, and a layer with the same chainID
+// stored already is reused. Layers of earlier in-place commits of the
+// container are in the image too, each with a history entry. The config inherits
 // the base image's (environment, entrypoint, command, workdir, user,
 // labels, ports, volumes), with opts.Changes applied, the new diffID
 // appended and a history entry. A failure leaves nothing behind.
@@ -135,38 +139,23 @@ func commit(ctx context.Context, st *store.Store, cref, ref string, opts *Commit
 	if err := applyChanges(&cfg.Config, opts.Changes); err != nil {
 		return nil, err
 	}
-	rw, err := st.Layer(c.Layer)
-	if err != nil {
-		return nil, err
-	}
-
-	rc, err := st.Diff(ctx, c.ID)
-	if err != nil {
-		return nil, err
-	}
-	var r io.Reader = rc
-	if opts.SourceDateEpoch != nil {
-		cr := clampMtimes(rc, *opts.SourceDateEpoch)
-		defer cr.Close()
-		r = cr
-	}
 	id, err := newLayerID()
 	if err != nil {
-		rc.Close()
 		return nil, err
 	}
-	layer, err := st.ApplyDiff(ctx, rw.Parent, r, &store.ApplyOptions{ID: id, Warn: opts.Warn})
-	if cerr := rc.Close(); err == nil && cerr != nil {
-		err = cerr
-		if layer != nil && layer.ID == id {
-			_ = st.RemoveLayer(id, false)
-		}
+	var rewrite func(io.Reader) io.ReadCloser
+	if opts.SourceDateEpoch != nil {
+		epoch := *opts.SourceDateEpoch
+		rewrite = func(r io.Reader) io.ReadCloser { return clampMtimes(r, epoch) }
 	}
+	layer, err := st.CommitContainer(ctx, c.ID, &store.CommitOptions{ID: id, Rewrite: rewrite, Warn: opts.Warn})
 	if err != nil {
 		return nil, fmt.Errorf("store the changes: %w", err)
 	}
 	undo := func() {
-		// Only a layer this commit made (not one it found stored).
+		// Only a layer this commit made (not one it found stored). A
+		// commit in place put the container on it, which keeps it: the
+		// container's tree is the same either way.
 		if layer.ID == id {
 			_ = st.RemoveLayer(id, false)
 		}
@@ -180,6 +169,23 @@ func commit(ctx context.Context, st *store.Store, cref, ref string, opts *Commit
 	cfg.Author = opts.Author
 	if cfg.RootFS.Type == "" {
 		cfg.RootFS.Type = "layers"
+	}
+	// Earlier commits in place of this container are layers under the
+	// new one: the image lists them too.
+	earlier, err := layersBetween(st, c.Image, layer.Parent)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	for _, l := range earlier {
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.DiffID)
+		lc := l.Created.UTC()
+		h, err := json.Marshal(historyEntry{Created: &lc, CreatedBy: "layers commit (an earlier commit of this container)"})
+		if err != nil {
+			undo()
+			return nil, err
+		}
+		cfg.History = append(cfg.History, h)
 	}
 	cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, layer.DiffID)
 	createdBy := "layers commit"
@@ -203,6 +209,30 @@ func commit(ctx context.Context, st *store.Store, cref, ref string, opts *Commit
 		return nil, err
 	}
 	return img, nil
+}
+
+// layersBetween returns the layers from image imageRef's top layer
+// (excluded) up to layer top (included), bottom first: the layers earlier
+// commits in place put under a container.
+func layersBetween(st *store.Store, imageRef, top string) ([]*store.Layer, error) {
+	img, err := st.Image(imageRef)
+	if err != nil {
+		return nil, fmt.Errorf("image of the container: %w", err)
+	}
+	var between []*store.Layer
+	for id := top; id != img.TopLayer; {
+		if id == "" {
+			return nil, fmt.Errorf("the container's layers are not on its image %s", img.ID)
+		}
+		l, err := st.Layer(id)
+		if err != nil {
+			return nil, err
+		}
+		between = append(between, l)
+		id = l.Parent
+	}
+	slices.Reverse(between)
+	return between, nil
 }
 
 // newLayerID is a random layer ID, so that Commit can tell the layer it

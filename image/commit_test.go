@@ -161,6 +161,67 @@ func TestCommit(t *testing.T) {
 	}
 }
 
+// A container committed twice gives an image whose layers and diff_ids
+// hold both commits (a commit in place leaves the first under the
+// container), with one history entry per layer, and the tree the
+// container shows.
+func TestCommitTwice(t *testing.T) {
+	for _, driver := range testDrivers {
+		t.Run(driver, func(t *testing.T) {
+			st := newStore(t, driver)
+			ctx := context.Background()
+			base := storeImage(t, st, [][]byte{busybox(t)}, "localhost/base:1")
+			c, _ := changeContainer(t, st, base.ID, time.Time{})
+			first, err := Commit(ctx, st, c.ID, "localhost/first:1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir, err := st.Mount(c.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "srv/second"), []byte("2\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			want, err := fixtures.Snapshot(dir, fixtures.WithoutOverlayXattrs())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Unmount(c.ID, false); err != nil {
+				t.Fatal(err)
+			}
+			second, err := Commit(ctx, st, c.ID, "localhost/second:1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want["/"].IgnoreMtime = true
+			fixtures.AssertTreesEqual(t, want, rootTree(t, st, second.ID))
+			cfg := imageConfigOf(t, st, second.ID)
+			if len(cfg.RootFS.DiffIDs) != len(second.Layers) || len(cfg.History) != len(second.Layers) {
+				t.Fatalf("%d layers, %d diff_ids, %d history entries: they must agree", len(second.Layers), len(cfg.RootFS.DiffIDs), len(cfg.History))
+			}
+			for i, id := range second.Layers {
+				l, err := st.Layer(id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.RootFS.DiffIDs[i] != l.DiffID {
+					t.Errorf("diff_ids[%d] = %s, layer %s has %s", i, cfg.RootFS.DiffIDs[i], id, l.DiffID)
+				}
+			}
+			// Removing the first image keeps what the second needs.
+			if _, err := st.RemoveImage(first.ID, false); err != nil {
+				t.Fatal(err)
+			}
+			fixtures.AssertTreesEqual(t, want, rootTree(t, st, second.ID))
+			r, err := st.Check(ctx, store.CheckOptions{Digests: true})
+			if err != nil || !r.Clean() {
+				t.Fatalf("check: %v %v", r, err)
+			}
+		})
+	}
+}
+
 // TestCommitReproducible commits the same changes made in two containers
 // at different times: with the same mtimes the layers are the same
 // (one layer stored, same diffID); with SOURCE_DATE_EPOCH, whatever the

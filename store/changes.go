@@ -2,9 +2,15 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/graphdriver"
@@ -77,12 +83,17 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 		return "", "", nil, err
 	}
 	parent = l.Parent
+	pins, err := s.newPinFile()
+	if err != nil {
+		return "", "", nil, err
+	}
 	var pinned []string
 	unpin := func() error {
 		var errs []error
 		for _, p := range pinned {
 			errs = append(errs, s.unmountLayer(p, false, false))
 		}
+		pins.release()
 		return joinErrors(errs...)
 	}
 	for _, p := range []string{id, parent} {
@@ -93,6 +104,9 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 			return "", "", nil, joinErrors(err, unpin())
 		}
 		pinned = append(pinned, p)
+		if err := pins.add(p); err != nil {
+			return "", "", nil, joinErrors(err, unpin())
+		}
 	}
 	release = func() error {
 		unlock, err := s.lock()
@@ -103,4 +117,84 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 		return unpin()
 	}
 	return id, parent, release, nil
+}
+
+// A pin file lists the layers one pinPair counts as mounted, flocked by
+// the process for as long as it holds them: when the process dies
+// mid-diff (killed during a push or a commit), the next Open finds the
+// file unlocked and gives the counts back (recoverPins), instead of the
+// layers staying counted as mounted for good.
+type pinFile struct{ f *os.File }
+
+// pinSuffix ends the names of pin files under ROOT/tmp.
+const pinSuffix = ".pins"
+
+// newPinFile makes a pin file and locks it. Under the store lock, as is
+// recoverPins, so that no recovery takes a new, unlocked file for debris.
+func (s *Store) newPinFile() (*pinFile, error) {
+	f, err := os.CreateTemp(s.tmp, "pin-*"+pinSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("pin file: %w", noSpace(err))
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		_ = os.Remove(f.Name())
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return &pinFile{f: f}, nil
+}
+
+// add records that layer id is counted: after the count, so that a crash
+// between the two leaks one count rather than taking someone else's.
+func (p *pinFile) add(id string) error {
+	if _, err := p.f.WriteString(id + "\n"); err != nil {
+		return fmt.Errorf("pin file: %w", noSpace(err))
+	}
+	return nil
+}
+
+// release removes the file, then drops the lock.
+func (p *pinFile) release() {
+	_ = os.Remove(p.f.Name())
+	_ = p.f.Close()
+}
+
+// recoverPins gives back the mount counts of pin files whose process
+// died. Under the store lock.
+func (s *Store) recoverPins() error {
+	ents, err := os.ReadDir(s.tmp)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "pin-") || !strings.HasSuffix(e.Name(), pinSuffix) {
+			continue
+		}
+		p := filepath.Join(s.tmp, e.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			continue // released meanwhile
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close() // its process is alive
+			continue
+		}
+		b, err := io.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("pin file %s: %w", p, err)
+		}
+		for _, id := range strings.Fields(string(b)) {
+			if !isID(id) {
+				continue
+			}
+			if err := s.unmountLayer(id, false, false); err != nil && !errors.Is(err, ErrLayerUnknown) {
+				return fmt.Errorf("give back the mount of layer %s pinned by a dead process: %w", id, err)
+			}
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }

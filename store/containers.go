@@ -205,6 +205,10 @@ func (s *Store) RemoveContainer(ref string, force bool) error {
 	if err != nil {
 		return fmt.Errorf("remove container: %w", err)
 	}
+	rw, err := s.layerRow(s.q, c.Layer)
+	if err != nil {
+		return fmt.Errorf("remove container %s: %w", c.ID, err)
+	}
 	if err := s.unmountLayer(c.Layer, true, force); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.ID, err)
 	}
@@ -223,6 +227,11 @@ func (s *Store) RemoveContainer(ref string, force bool) error {
 	s.crashPoint("container-removing")
 	if err := s.dropLayer(c.Layer); err != nil {
 		return fmt.Errorf("remove container %s: layer %s: %w", c.ID, c.Layer, err)
+	}
+	// Layers below it that no image keeps: a commit in place whose
+	// image went first, or the layers of an image removed by force.
+	if _, err := s.removeUnused(rw.Parent); err != nil {
+		return fmt.Errorf("remove container %s: %w", c.ID, err)
 	}
 	return nil
 }

@@ -456,7 +456,7 @@ func (s *Store) RemoveImage(ref string, force bool) ([]string, error) {
 		return nil, fmt.Errorf("remove image %s: %w", img.ID, err)
 	}
 	s.crashPoint("image-removed")
-	removed, err := s.removeUnused(img.Layers)
+	removed, err := s.removeUnused(img.TopLayer)
 	if err != nil {
 		return removed, fmt.Errorf("remove image %s: %w", img.ID, err)
 	}
@@ -466,13 +466,12 @@ func (s *Store) RemoveImage(ref string, force bool) ([]string, error) {
 	return removed, nil
 }
 
-// removeUnused removes the layers of chain (bottom first) from the top
-// down while nothing uses them and they are not mounted. Under the store
-// lock.
-func (s *Store) removeUnused(chain []string) ([]string, error) {
+// removeUnused removes layer top and its parents, from the top down,
+// while nothing uses them and they are not mounted, and returns their IDs.
+// Under the store lock.
+func (s *Store) removeUnused(top string) ([]string, error) {
 	var removed []string
-	for i := len(chain) - 1; i >= 0; i-- {
-		id := chain[i]
+	for id := top; id != ""; {
 		why, err := s.layerUsers(id)
 		if err != nil {
 			return removed, err
@@ -483,10 +482,15 @@ func (s *Store) removeUnused(chain []string) ([]string, error) {
 		if n, _, err := s.mountCount(id); err != nil || n > 0 {
 			break
 		}
+		l, err := s.layerRow(s.q, id)
+		if err != nil {
+			return removed, err
+		}
 		if err := s.deleteLayer(id); err != nil {
 			return removed, fmt.Errorf("layer %s: %w", id, err)
 		}
 		removed = append(removed, id)
+		id = l.Parent
 	}
 	return removed, nil
 }

@@ -445,28 +445,12 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 	if err != nil {
 		return nil, fmt.Errorf("apply layer %s: %w", id, s.discardLayer(id, err))
 	}
-	var chainID digest.Digest
 	var existing string
 	err = s.tx(func(tx querier) error {
-		if parentID != "" {
-			var pc string
-			if err := tx.QueryRow(`SELECT chain_id FROM layers WHERE id = ?`, parentID).Scan(&pc); err != nil {
-				return fmt.Errorf("parent %s: %w", parentID, err)
-			}
-			if pc != "" {
-				chainID = ChainID(digest.Digest(pc), res.DiffID)
-			}
-		} else {
-			chainID = res.DiffID
-		}
-		if chainID != "" {
-			err := tx.QueryRow(`SELECT id FROM layers WHERE chain_id = ? AND state = 'complete' AND kind = 'image'`, chainID.String()).Scan(&existing)
-			if err == nil {
-				return nil
-			}
-			if !errors.Is(err, sql.ErrNoRows) {
-				return err
-			}
+		chainID, found, err := chainOn(tx, parentID, res.DiffID)
+		if err != nil || found != "" {
+			existing = found
+			return err
 		}
 		if err := completeLayer(tx, id, res.DiffID, chainID, res.TarSize, res.Size); err != nil {
 			return err
@@ -700,6 +684,10 @@ func (s *Store) recover(st dbState) error {
 	if err := s.recoverLayers(st); err != nil {
 		return err
 	}
+	// Mounts counted by differs of killed processes.
+	if err := s.recoverPins(); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
 	// Mount counts a killed process left lying, mounts it left uncounted.
 	if err := s.checkMounts(&Report{}, true); err != nil {
 		return fmt.Errorf("recover: %w", err)
@@ -743,6 +731,11 @@ func (s *Store) recoverLayers(st dbState) error {
 		for _, l := range lefts {
 			if l.state == "incomplete" && s.layerBeingApplied(l.id) {
 				continue
+			}
+			if l.state == "incomplete" {
+				if err := s.recoverCommit(l.id); err != nil {
+					return fmt.Errorf("recover: %w", err)
+				}
 			}
 			if err := s.dropLayer(l.id); err != nil {
 				return fmt.Errorf("recover: remove %s layer %s: %w", l.state, l.id, err)

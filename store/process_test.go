@@ -137,11 +137,19 @@ func helper(mode, root string) error {
 				return err
 			}
 			step("mount", i)
-			if _, err := s.Mount(c.ID); err != nil {
+			p, err := s.Mount(c.ID)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(p, "written"), bigTar(uint64(i)), 0o644); err != nil {
 				return err
 			}
 			step("unmount", i)
 			if err := s.Unmount(c.ID, false); err != nil {
+				return err
+			}
+			step("commit", i)
+			if _, err := s.CommitContainer(ctx, c.ID, nil); err != nil {
 				return err
 			}
 			step("rm", i)
@@ -281,6 +289,7 @@ var crashPoints = []string{
 	"container-layer-made", "container-created", "mount-got", "unmount-put",
 	"remove-marked", "drop-data-removed", "image-removed", "image-blobs-written",
 	"chain-created", "chain-layer-completed",
+	"commit-started", "commit-moved", "commit-read", "commit-recorded",
 }
 
 // A process killed with SIGKILL at any point of applying a layer, making
@@ -350,9 +359,13 @@ func TestCrashSafety(t *testing.T) {
 		}
 		killed := 0
 		_, native := s.Driver().(graphdriver.Applier)
+		_, inPlace := s.Driver().(graphdriver.ReadWriteCommitter)
 		for _, point := range crashPoints {
 			if strings.HasPrefix(point, "chain-") && !native {
 				continue // chains of other drivers go through ApplyDiff's points
+			}
+			if strings.HasPrefix(point, "commit-") && !inPlace {
+				continue // commits of other drivers go through ApplyDiff's points
 			}
 			cmd := helperCmd(t, "apply", root, crashEnv+"="+point)
 			timer := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
