@@ -25,6 +25,10 @@
 //     looks whole, a row without data or data without a row. An incomplete
 //     layer still being applied by a live process is recognised by the
 //     flock its process holds on ROOT/tmp/<id>.lock and left alone.
+//   - A commit in place (CommitContainer, on a driver that can) records its
+//     new layer incomplete together with a commit intent, so that Open
+//     undoes a commit killed before it was recorded: the container goes
+//     back onto its old parent with its changes, and the new layer goes.
 //   - Mount counts live in the database and survive the process: a shell
 //     user's `mount` in one process and `umount` in another balance. A
 //     count whose path the kernel no longer shows mounted (the mount was
@@ -36,6 +40,9 @@
 //	ROOT/layers.db          the metadata database (plus -wal and -shm)
 //	ROOT/store.lock         the store-wide lock file
 //	ROOT/tmp/<id>.lock      held while layer <id> is being applied
+//	ROOT/tmp/pin-*.pins     the layers a differ (Diff, Changes) counts as
+//	                        mounted, held by its process: Open gives back
+//	                        the counts of a process that died
 //	ROOT/blobs/sha256/<hex> image configs and manifests, content-addressed
 //	ROOT/tar-layout/<id>.gz the layout of the tar layer <id> was
 //	                        applied from (see LayerTar)
