@@ -162,13 +162,15 @@ func run(w io.Writer) (err error) {
 		return errors.New("the hostile tar wrote outside the layer")
 	}
 
-	step(w, "commit the container as an image and run commands in it (an OCI runtime: runc or crun)")
+	step(w, "commit the container as an image (unmounted, on overlay: in place, its changes become the layer, nothing copied) and run commands in it (an OCI runtime: runc or crun)")
 	fmt.Fprintf(w, "    $ echo 'written before commit' > %s/srv/data/note\n", mnt)
 	if err := os.WriteFile(filepath.Join(mnt, "srv/data/note"), []byte("written before commit\n"), 0o644); err != nil {
 		return err
 	}
-	if _, err := d.layers(nil, "commit", "-m", "demo changes", "demo", committedName); err != nil {
-		return err
+	for _, args := range [][]string{{"umount", "demo"}, {"commit", "-m", "demo changes", "demo", committedName}} {
+		if _, err := d.layers(nil, args...); err != nil {
+			return err
+		}
 	}
 	if _, err := d.layers(nil, "run", "--rm", committedName, "cat", "/hello.txt", "/srv/data/note"); err != nil {
 		return err
