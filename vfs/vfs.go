@@ -67,12 +67,11 @@ func init() {
 
 // Driver is the vfs driver. It is safe for concurrent use.
 type Driver struct {
-	home    string
-	dir     string       // HOME/dir
-	tmp     *staging.Dir // HOME/tmp
-	mode    fscopy.ReflinkMode
-	reflink bool   // the filesystem of home can clone files
-	fsType  string // backing filesystem, for Status
+	home   string
+	dir    string       // HOME/dir
+	tmp    *staging.Dir // HOME/tmp
+	mode   fscopy.ReflinkMode
+	fsType string // backing filesystem, for Status
 	// subvols is set when layers are btrfs subvolumes and children
 	// snapshots (home on btrfs, vfs.subvolumes not false, copy mode not
 	// "copy").
@@ -80,6 +79,16 @@ type Driver struct {
 
 	mu   sync.Mutex
 	refs map[string]int // Gets not yet Put, per layer
+
+	probe      sync.Once
+	reflink    bool  // the filesystem of home can clone files; set by probe
+	reflinkErr error // why probe could not tell
+}
+
+// canReflink reports whether files in home can be cloned, probing once.
+func (d *Driver) canReflink() (bool, error) {
+	d.probe.Do(func() { d.reflink, d.reflinkErr = fscopy.ReflinkSupported(d.tmp.Path()) })
+	return d.reflink, d.reflinkErr
 }
 
 var _ graphdriver.Driver = (*Driver)(nil)
@@ -134,11 +143,6 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		return nil, fmt.Errorf("vfs: %w", err)
 	}
 	d.tmp = tmp
-	ok, err := fscopy.ReflinkSupported(tmp.Path())
-	if err != nil {
-		return nil, fmt.Errorf("vfs: %w", err)
-	}
-	d.reflink = ok
 	d.fsType = graphdriver.BackingFilesystem(home)
 	if wantSubvols && mode != fscopy.ReflinkNever {
 		onBtrfs, err := subvol.IsBtrfs(tmp.Path())
@@ -147,7 +151,17 @@ func New(home string, options map[string]string) (graphdriver.Driver, error) {
 		}
 		d.subvols = onBtrfs
 	}
-	if mode == fscopy.ReflinkRequire && !ok {
+	// The probe writes and clones a scratch file: only vfs.copy=reflink
+	// needs its answer up front, Status asks later; every CLI process
+	// opens a driver, and most never ask.
+	if mode != fscopy.ReflinkRequire {
+		return d, nil
+	}
+	ok, err := d.canReflink()
+	if err != nil {
+		return nil, fmt.Errorf("vfs: %w", err)
+	}
+	if !ok {
 		return nil, graphdriver.InvalidOption(Name, "vfs.copy", "reflink",
 			fmt.Errorf("the %s filesystem of %s cannot clone files (FICLONE)", d.fsType, home))
 	}
@@ -394,15 +408,19 @@ func (d *Driver) Exists(id string) bool {
 
 // Status reports the backing filesystem and how layer data is copied.
 func (d *Driver) Status() []graphdriver.Status {
+	ok, err := d.canReflink()
 	reflink := "no"
-	if d.reflink {
+	switch {
+	case err != nil:
+		reflink = "unknown: " + err.Error()
+	case ok:
 		reflink = "yes"
 	}
 	used := "copy"
 	switch {
 	case d.subvols:
 		used = "btrfs snapshot"
-	case d.reflink && d.mode != fscopy.ReflinkNever:
+	case ok && d.mode != fscopy.ReflinkNever:
 		used = "reflink"
 	}
 	return []graphdriver.Status{
