@@ -39,17 +39,31 @@ func benchTree(b *testing.B, root string) int64 {
 
 // BenchmarkCopyTree copies the bench tree within one filesystem: ext4 (data
 // copied in the kernel) and xfs and btrfs (data cloned), plus xfs with
-// ReflinkNever for the cost of real copies there.
+// ReflinkNever for the cost of real copies there. The serial cases copy
+// everything in the walking goroutine, the baseline of the worker pool in
+// the same run; FSCOPY_WORKERS=N sets the pool's size for the others.
 func BenchmarkCopyTree(b *testing.B) {
 	needRoot(b)
 	for _, c := range []struct {
-		typ  string
-		mode ReflinkMode
-	}{{"ext4", ReflinkAuto}, {"xfs", ReflinkAuto}, {"btrfs", ReflinkAuto}, {"xfs", ReflinkNever}} {
-		b.Run(c.typ+"/"+c.mode.String(), func(b *testing.B) {
-			if v := os.Getenv("FSCOPY_WORKERS"); v != "" {
-				n, err := strconv.Atoi(v)
-				must(b, err)
+		typ    string
+		mode   ReflinkMode
+		serial bool
+	}{
+		{"ext4", ReflinkAuto, false}, {"xfs", ReflinkAuto, false}, {"xfs", ReflinkAuto, true},
+		{"btrfs", ReflinkAuto, false}, {"btrfs", ReflinkAuto, true}, {"xfs", ReflinkNever, false},
+	} {
+		name := c.typ + "/" + c.mode.String()
+		if c.serial {
+			name += "/serial"
+		}
+		b.Run(name, func(b *testing.B) {
+			if v := os.Getenv("FSCOPY_WORKERS"); v != "" || c.serial {
+				n := 0
+				if !c.serial {
+					var err error
+					n, err = strconv.Atoi(v)
+					must(b, err)
+				}
 				old := testWorkers
 				testWorkers = n
 				b.Cleanup(func() { testWorkers = old })

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -557,12 +558,26 @@ func (c *copier) copyRegular(sfd int, s, d dirRef, sname, dname string, st *unix
 			return fmt.Errorf("copy: %w", pathErr("chmod", dpath(), err))
 		}
 	}
+	// Times last, on the fd (no path lookup): closing the file does not
+	// change them.
+	if err := c.setTimesFd(dfd, st); err != nil {
+		return fmt.Errorf("copy %s: %w", s.join(sname), pathErr("futimens", dpath(), err))
+	}
 	closed = true
 	if err := unix.Close(dfd); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("close", dpath(), err))
 	}
-	if err := c.setTimes(d.fd, dname, st); err != nil {
-		return fmt.Errorf("copy %s: %w", s.join(sname), err)
+	return nil
+}
+
+// setTimesFd sets atime and mtime (ns) of the open file fd: futimens,
+// which is utimensat with a NULL path (x/sys passes "" instead, which
+// older kernels refuse).
+func (c *copier) setTimesFd(fd int, st *unix.Stat_t) error {
+	c.ts[0], c.ts[1] = st.Atim, st.Mtim
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&c.ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
 	}
 	return nil
 }
