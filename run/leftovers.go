@@ -21,6 +21,13 @@ const ProblemLeftoverRun store.ProblemKind = "leftover-run"
 // running container owns (fixable: removed).
 const ProblemLeftoverBundle store.ProblemKind = "leftover-bundle"
 
+// ProblemLeftoverRuntimeState is the runtime's state of a container
+// (under RUNROOT/runtime/<runtime>/) that no running `layers run` owns:
+// a killed run whose container was removed since, or a runtime that
+// failed to delete it (fixable: deleted through the runtime, which kills
+// its processes, and what is left in its cgroup killed).
+const ProblemLeftoverRuntimeState store.ProblemKind = "leftover-runtime-state"
+
 // Leftovers lists what killed `layers run` processes left behind in st.
 // It changes nothing.
 func Leftovers(st *store.Store) ([]store.Problem, error) {
@@ -42,6 +49,7 @@ func leftovers(st *store.Store, fix bool) ([]store.Problem, error) {
 	var probs []store.Problem
 	var errs []error
 	live := map[string]bool{}
+	reported := map[string]bool{} // leftover runs, whose state is part of the problem
 	for _, c := range cs {
 		s := ContainerState(c)
 		if s == nil || s.Status != StatusRunning {
@@ -64,6 +72,43 @@ func leftovers(st *store.Store, fix bool) ([]store.Problem, error) {
 			}
 		}
 		probs = append(probs, p)
+		reported[c.ID] = true
+	}
+	// The runtimes' state of containers no live run owns.
+	rtRoot := filepath.Join(st.RunRoot(), "runtime")
+	rts, err := os.ReadDir(rtRoot)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("read %s: %w", rtRoot, err))
+	}
+	for _, rtDir := range rts {
+		if !rtDir.IsDir() {
+			continue
+		}
+		dir := filepath.Join(rtRoot, rtDir.Name())
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
+			continue
+		}
+		for _, e := range ents {
+			id := e.Name()
+			if live[id] || reported[id] {
+				continue
+			}
+			sp := filepath.Join(dir, id)
+			if _, err := os.Lstat(sp); errors.Is(err, os.ErrNotExist) {
+				continue // deleted by cleanupRun above
+			}
+			p := store.Problem{Kind: ProblemLeftoverRuntimeState, ID: id, Detail: rtDir.Name() + " state " + sp + " of no running container"}
+			if fix {
+				if err := deleteState(st.RunRoot(), rtDir.Name(), id); err != nil {
+					errs = append(errs, err)
+				} else {
+					p.Fixed = true
+				}
+			}
+			probs = append(probs, p)
+		}
 	}
 	// Bundles of runs that are no longer running (a run killed after
 	// writing its bundle whose container was removed since).
@@ -91,6 +136,25 @@ func leftovers(st *store.Store, fix bool) ([]store.Problem, error) {
 		probs = append(probs, p)
 	}
 	return probs, errors.Join(errs...)
+}
+
+// deleteState deletes runtime rtName's state of container id under
+// runRoot through the runtime (which kills its processes); when that
+// runtime is no longer installed, the container's cgroup is emptied and
+// the state removed by hand.
+func deleteState(runRoot, rtName, id string) error {
+	rt, err := FindRuntime(rtName)
+	if err != nil {
+		rt = &Runtime{Name: rtName}
+		if kerr := killCgroup(cgroupPath(id)); kerr != nil {
+			return fmt.Errorf("container %s: %w", id, kerr)
+		}
+		if rerr := os.RemoveAll(filepath.Join(rt.stateRoot(runRoot), id)); rerr != nil {
+			return fmt.Errorf("container %s: %w", id, rerr)
+		}
+		return nil
+	}
+	return rt.delete(runRoot, id)
 }
 
 // cleanupRun undoes what the killed run of c left: the runtime's state

@@ -101,10 +101,14 @@ type Options struct {
 	Hostname string
 	// ReadOnly mounts the container's root read-only.
 	ReadOnly bool
-	// TTY gives the process a terminal, made by the runtime from the
-	// caller's: Stdin must be a terminal, whose input the runtime copies
-	// to the process.
+	// TTY gives the process a terminal of its own (a pseudo-terminal
+	// the runtime makes in the container), whose input is Stdin and whose
+	// output goes to Stdout; Stderr is not used. When Stdin is a terminal
+	// it is in raw mode meanwhile and its size is passed on.
 	TTY bool
+	// Seccomp is "" for the default seccomp profile (DefaultSeccomp) or
+	// SeccompUnconfined for none.
+	Seccomp string
 	// Stdin, when not nil, is the process's standard input (-i);
 	// otherwise it reads /dev/null.
 	Stdin io.Reader
@@ -207,10 +211,8 @@ func Run(ctx context.Context, st *store.Store, imageRef string, o *Options) (int
 	if o.Network != "" && o.Network != NetworkNone && o.Network != NetworkHost {
 		return 0, fmt.Errorf("network %q: %w: want none or host", o.Network, ErrBadOption)
 	}
-	if o.TTY && !isTerminal(o.Stdin) {
-		// runc and crun make the container's terminal from the caller's
-		// (and copy its input); without one they fail half-way.
-		return 0, fmt.Errorf("-t: %w: standard input is not a terminal", ErrBadOption)
+	if o.Seccomp != "" && o.Seccomp != SeccompUnconfined {
+		return 0, fmt.Errorf("seccomp=%s: %w: want seccomp=unconfined (or no option for the default profile)", o.Seccomp, ErrBadOption)
 	}
 	img, err := st.Image(imageRef)
 	if err != nil {
@@ -306,13 +308,17 @@ func (r *runner) run(args, env []string, cwd, userSpec string) (code int, starte
 	if err := checkCommand(rootfd, args[0], cwd, env); err != nil {
 		return 0, false, err
 	}
-	spec, err := makeSpec(&specInput{id: r.c.ID, rootfs: rootfs, args: args, env: env, cwd: cwd, user: user, hostname: hostname, opts: o})
-	if err != nil {
-		return 0, false, err
-	}
 	r.bundle = filepath.Join(r.st.RunRoot(), "bundles", r.c.ID)
 	if err := os.MkdirAll(r.bundle, 0o700); err != nil {
 		return 0, false, fmt.Errorf("make the bundle: %w", err)
+	}
+	etc, err := etcFiles(r.bundle, hostname, o.Network)
+	if err != nil {
+		return 0, false, err
+	}
+	spec, err := makeSpec(&specInput{id: r.c.ID, rootfs: rootfs, args: args, env: env, cwd: cwd, user: user, hostname: hostname, etc: etc, opts: o})
+	if err != nil {
+		return 0, false, err
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -327,28 +333,50 @@ func (r *runner) run(args, env []string, cwd, userSpec string) (code int, starte
 	return r.runtime()
 }
 
+// forwarded are the signals `layers run` passes on to the process,
+// in every mode: the ones a user or a supervisor sends to ask a
+// program to stop, reload or act.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
 // runtime runs the OCI runtime in the foreground and returns the
-// process's exit status.
+// process's exit status: `runtime run`, which passes the process its
+// standard streams, forwards the signals it receives to it and returns
+// its status. With a terminal (-t) see runtimeTTY.
 func (r *runner) runtime() (int, bool, error) {
+	if r.o.TTY {
+		return r.runtimeTTY()
+	}
 	o := r.o
 	logPath := filepath.Join(r.bundle, "runtime.log")
 	cmd := r.rt.command(r.st.RunRoot(), logPath, "run", "--bundle", r.bundle, r.c.ID)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
-	// A terminal among the streams means the runtime must stay in the
-	// terminal's foreground process group (to read it, and with -t to set
-	// it raw); the terminal's ^C and ^\ then reach the runtime directly,
-	// which passes them on, so only other signals are forwarded.
-	// Otherwise the runtime gets a process group of its own and every
-	// forwarded signal reaches the process exactly once.
-	onTerminal := isTerminal(o.Stdin) || isTerminal(o.Stdout) || isTerminal(o.Stderr)
+	// The runtime gets a process group of its own, so that a signal
+	// reaches the process once, forwarded by us (a terminal's ^C goes to
+	// its foreground group only: us). A runtime outside the terminal's
+	// foreground group must not read it (SIGTTIN): terminal input is
+	// copied through a pipe instead.
+	if isTerminal(o.Stdin) {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 0, false, fmt.Errorf("pipe for standard input: %w", err)
+		}
+		defer pr.Close()
+		cmd.Stdin = pr
+		go func() {
+			// Ends at the terminal's EOF or at the first input after the
+			// process exited (the write fails).
+			_, _ = io.Copy(pw, o.Stdin)
+			pw.Close()
+		}()
+	}
 	// If layers dies, so does the runtime (a killed runtime's container
 	// keeps running until cleaned up; see Cleanup).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !onTerminal, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
 	// Notified (never ignored, which the runtime would inherit), so that
 	// layers survives them and they reach the process once.
 	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	signal.Notify(sigc, forwarded...)
 	defer signal.Stop(sigc)
 
 	startedc := make(chan error, 1)
@@ -365,9 +393,6 @@ func (r *runner) runtime() (int, bool, error) {
 	for done := false; !done; {
 		select {
 		case s := <-sigc:
-			if onTerminal && (s == syscall.SIGINT || s == syscall.SIGQUIT) {
-				continue
-			}
 			_ = cmd.Process.Signal(s)
 		case werr = <-waitc:
 			done = true
@@ -379,12 +404,7 @@ func (r *runner) runtime() (int, bool, error) {
 	}
 	code := 0
 	if ee != nil {
-		ws := ee.Sys().(syscall.WaitStatus)
-		if ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		} else {
-			code = ws.ExitStatus()
-		}
+		code = exitStatus(ee.Sys().(syscall.WaitStatus))
 	}
 	if code != 0 {
 		if msg := runtimeError(logPath); msg != "" {
@@ -392,6 +412,15 @@ func (r *runner) runtime() (int, bool, error) {
 		}
 	}
 	return code, true, nil
+}
+
+// exitStatus is a shell's status for ws: the exit code, or 128+N when
+// signal N killed the process.
+func exitStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
 }
 
 // finish removes the bundle, and the container with --rm (or when the
@@ -403,9 +432,10 @@ func (r *runner) finish(code int, started bool, runErr error) error {
 			errs = append(errs, fmt.Errorf("remove the bundle: %w", err))
 		}
 	}
-	if started && runErr != nil {
-		// The runtime failed half-way: make sure none of its state (and
-		// nothing it started) stays.
+	if started && (runErr != nil || r.o.TTY) {
+		// The runtime failed half-way, or ran the container detached
+		// (-t), which leaves its state: make sure none of it (and nothing
+		// it started) stays.
 		if err := r.rt.delete(r.st.RunRoot(), r.c.ID); err != nil {
 			errs = append(errs, err)
 		}

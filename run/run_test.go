@@ -203,6 +203,81 @@ func testRun(t *testing.T, st *testStore, rt *Runtime, name string) {
 			t.Fatalf("%+v", r)
 		}
 	})
+	t.Run("signals with a terminal", func(t *testing.T) {
+		o := Options{Runtime: name, Remove: true, TTY: true, Command: []string{"sh", "-c", `trap "echo usr1" USR1; trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`}}
+		o.Started = func(string) {
+			time.Sleep(300 * time.Millisecond) // the traps are set
+			_ = syscall.Kill(os.Getpid(), syscall.SIGUSR1)
+			time.Sleep(300 * time.Millisecond)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		}
+		r := runIn(t, st, "localhost/bb:1", o)
+		if r.err != nil || r.code != 42 || r.stdout != "ready\r\nusr1\r\nterm\r\n" {
+			t.Fatalf("%+v", r)
+		}
+	})
+	t.Run("seccomp", func(t *testing.T) {
+		// Outside the default profile: unshare (a new user namespace) and
+		// keyctl fail with EPERM; ordinary programs run.
+		r := run(t, Options{}, "sh", "-c", "unshare -U true; echo $?; cat /proc/self/status | grep Seccomp:")
+		if r.err != nil || r.code != 0 || r.stdout != "1\nSeccomp:\t2\n" || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("%+v", r)
+		}
+		// Unconfined, the same call works: the failure above was the
+		// filter's.
+		r = run(t, Options{Seccomp: SeccompUnconfined}, "sh", "-c", "unshare -U true; echo $?; cat /proc/self/status | grep Seccomp:")
+		if r.err != nil || r.code != 0 || r.stdout != "0\nSeccomp:\t0\n" {
+			t.Fatalf("unconfined: %+v", r)
+		}
+		want(t, run(t, Options{}, "sh", "-c", "ls / >/dev/null && date >/dev/null && sleep 0 && echo ok"), 0, "ok\n")
+		if r := run(t, Options{Seccomp: "nosuch.json"}, "true"); !errors.Is(r.err, ErrBadOption) {
+			t.Fatalf("bad seccomp option: %+v", r)
+		}
+	})
+	t.Run("etc files", func(t *testing.T) {
+		hostResolv, err := os.ReadFile("/etc/resolv.conf")
+		if err != nil {
+			t.Skip(err)
+		}
+		r := run(t, Options{Hostname: "box1"}, "sh", "-c", "cat /etc/hostname; cat /etc/hosts; echo --; cat /etc/resolv.conf; echo --")
+		if r.err != nil || r.code != 0 {
+			t.Fatalf("%+v", r)
+		}
+		parts := strings.Split(r.stdout, "--\n")
+		if len(parts) != 3 || !strings.HasPrefix(parts[0], "box1\n127.0.0.1\tlocalhost") || !strings.Contains(parts[0], "::1\tlocalhost") || !strings.Contains(parts[0], "127.0.1.1\tbox1\n") {
+			t.Fatalf("hostname, hosts: %q", r.stdout)
+		}
+		if strings.Contains(parts[1], "nameserver") {
+			t.Fatalf("--network none keeps name servers: %q", parts[1])
+		}
+		// --network host: the host's resolv.conf as it is, the host's
+		// hosts with the container's name added.
+		r = run(t, Options{Network: NetworkHost, Hostname: "box2"}, "sh", "-c", "cat /etc/resolv.conf; echo --; cat /etc/hosts")
+		parts = strings.Split(r.stdout, "--\n")
+		if r.err != nil || len(parts) != 2 || parts[0] != string(hostResolv) || !strings.Contains(parts[1], "127.0.1.1\tbox2\n") {
+			t.Fatalf("--network host: %+v", r)
+		}
+		// The image's own files are untouched: a kept container's layer
+		// holds at most empty mount points.
+		r = runIn(t, st, "localhost/bb:1", Options{Runtime: name, Name: "etc-" + name, Command: []string{"true"}})
+		want(t, r, 0, "")
+		c, err := st.Container("etc-" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rootfs, err := st.Mount(c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"hosts", "hostname", "resolv.conf"} {
+			if fi, err := os.Stat(filepath.Join(rootfs, "etc", f)); err == nil && fi.Size() != 0 {
+				t.Errorf("/etc/%s written into the container's layer: %d bytes", f, fi.Size())
+			}
+		}
+		if err := st.RemoveContainer(c.ID, true); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("rm", func(t *testing.T) {
 		want(t, run(t, Options{Name: "gone"}, "sh", "-c", "exit 5"), 5, "")
 		if cs, err := st.Containers(); err != nil || len(cs) != 0 {
@@ -254,26 +329,28 @@ func hasChange(cs []diff.Change, p string) bool {
 	return false
 }
 
-// killContainer sends SIGKILL to the container's process, found through
-// the runtime's state.
+// killContainer sends SIGKILL to the container's process through the
+// runtime, once the runtime reports it running (a kill while the runtime
+// still starts it fails the run itself).
 func killContainer(t *testing.T, st *testStore, rt *Runtime, id string) {
-	cmd := rt.command(st.RunRoot(), "", "kill", id, "KILL")
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// The runtime may not have started the process yet: retry a little.
 	for i := 0; ; i++ {
-		err := rt.startAndWait(cmd, nil)
-		if err == nil {
-			return
+		cmd := rt.command(st.RunRoot(), "", "state", id)
+		var out strings.Builder
+		cmd.Stdout = &out
+		if rt.startAndWait(cmd, nil) == nil && strings.Contains(out.String(), `"status": "running"`) {
+			break
 		}
-		if i == 50 {
-			t.Errorf("%s kill: %v: %s", rt.Name, err, out.String())
+		if i == 250 {
+			t.Errorf("%s state: never running: %s", rt.Name, out.String())
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
-		cmd = rt.command(st.RunRoot(), "", "kill", id, "KILL")
-		out.Reset()
-		cmd.Stdout, cmd.Stderr = &out, &out
+	}
+	cmd := rt.command(st.RunRoot(), "", "kill", id, "KILL")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := rt.startAndWait(cmd, nil); err != nil {
+		t.Errorf("%s kill: %v: %s", rt.Name, err, out.String())
 	}
 }
 

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,20 +185,112 @@ func runtimeError(logPath string) string {
 	return last
 }
 
-// delete removes the runtime's state of container id (killing what still
-// runs of it): what a killed `layers run` leaves.
+// delete removes the runtime's state of container id and kills what
+// still runs of it: what a killed `layers run` leaves. A runtime killed
+// while it started the container may have left state it cannot read
+// (crun writes its status file only after the process runs), so that its
+// delete kills nothing: the processes left in the container's cgroup are
+// killed and the cgroup removed whatever the runtime did.
 func (r *Runtime) delete(runRoot, id string) error {
 	cmd := r.command(runRoot, "", "delete", "--force", id)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := r.startAndWait(cmd, nil)
-	if err != nil {
+	var errs []error
+	if err := r.startAndWait(cmd, nil); err != nil {
 		msg := strings.TrimSpace(out.String())
 		// Nothing to delete is what we want.
-		if strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") || strings.Contains(msg, "No such file") {
-			return nil
+		if !strings.Contains(msg, "does not exist") && !strings.Contains(msg, "not found") && !strings.Contains(msg, "No such file") {
+			errs = append(errs, fmt.Errorf("%s delete %s: %w: %s", r.Name, id, err, msg))
 		}
-		return fmt.Errorf("%s delete %s: %w: %s", r.Name, id, err, msg)
 	}
-	return nil
+	if err := killCgroup(cgroupPath(id)); err != nil {
+		errs = append(errs, fmt.Errorf("container %s: %w", id, err))
+	}
+	if err := os.RemoveAll(filepath.Join(r.stateRoot(runRoot), id)); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s's state of %s: %w", r.Name, id, err))
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupPath is the cgroup of container id (the spec's cgroupsPath,
+// relative to each hierarchy's root): where runc and crun put it when
+// the spec names none, named here so that cleaning up can find it.
+func cgroupPath(id string) string { return "/" + id }
+
+// cgroupDirs returns the directories of cgroup path in every mounted
+// hierarchy that has it.
+func cgroupDirs(path string) []string {
+	const root = "/sys/fs/cgroup"
+	var st unix.Statfs_t
+	roots := []string{root}
+	if err := unix.Statfs(root, &st); err == nil && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		// v1 or hybrid: one mount per hierarchy below the tmpfs.
+		roots = nil
+		ents, _ := os.ReadDir(root)
+		for _, e := range ents {
+			if e.IsDir() {
+				roots = append(roots, filepath.Join(root, e.Name()))
+			}
+		}
+	}
+	var dirs []string
+	for _, r := range roots {
+		d := filepath.Join(r, path)
+		if fi, err := os.Lstat(d); err == nil && fi.IsDir() {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// killCgroup kills every process in cgroup path with SIGKILL, waits for
+// it to be empty and removes it.
+func killCgroup(path string) error {
+	dirs := cgroupDirs(path)
+	if len(dirs) == 0 {
+		return nil
+	}
+	for i := 0; ; i++ {
+		pids := map[int]bool{}
+		for _, d := range dirs {
+			b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+					pids[pid] = true
+				}
+			}
+		}
+		if len(pids) == 0 {
+			break
+		}
+		if i == 500 {
+			return fmt.Errorf("cgroup %s: %d processes survive SIGKILL", path, len(pids))
+		}
+		for pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var errs []error
+	for _, d := range dirs {
+		// A process just killed may keep the cgroup busy for a moment.
+		var err error
+		for i := 0; i < 100; i++ {
+			if err = unix.Rmdir(d); err == nil || errors.Is(err, unix.ENOENT) {
+				err = nil
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
 }

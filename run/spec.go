@@ -2,7 +2,6 @@ package run
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -149,6 +148,7 @@ type specInput struct {
 	cwd      string
 	user     *User
 	hostname string
+	etc      []specs.Mount // /etc/hosts and co., bind-mounted
 	opts     *Options
 }
 
@@ -191,6 +191,7 @@ func makeSpec(in *specInput) (*specs.Spec, error) {
 			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
 		},
 		Linux: &specs.Linux{
+			CgroupsPath: cgroupPath(in.id),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.MountNamespace},
 				{Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
@@ -219,6 +220,10 @@ func makeSpec(in *specInput) (*specs.Spec, error) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: d, Type: "tmpfs", Source: "tmpfs", Options: []string{"rw", "nosuid", "nodev", "mode=1777"}})
 		}
 	}
+	s.Mounts = append(s.Mounts, in.etc...)
+	if o.Seccomp != SeccompUnconfined {
+		s.Linux.Seccomp = DefaultSeccomp(caps)
+	}
 	for _, v := range o.Volumes {
 		mo := []string{"rbind", "rprivate"}
 		if v.ReadOnly {
@@ -227,18 +232,19 @@ func makeSpec(in *specInput) (*specs.Spec, error) {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: v.Destination, Type: "bind", Source: v.Source, Options: mo})
 	}
 	if o.TTY {
-		s.Process.ConsoleSize = terminalSize(o.Stdin)
+		s.Process.ConsoleSize = terminalSize(o.Stdin, o.Stdout)
 	}
 	return s, nil
 }
 
-// terminalSize is the size of the caller's terminal r, nil when r is none.
-func terminalSize(r io.Reader) *specs.Box {
-	f, ok := r.(*os.File)
-	if !ok {
+// terminalSize is the size of the first of the caller's streams that is
+// a terminal, nil when none is.
+func terminalSize(streams ...any) *specs.Box {
+	fd := terminalOf(streams...)
+	if fd < 0 {
 		return nil
 	}
-	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	ws, err := unix.IoctlGetWinsize(fd, unix.TIOCGWINSZ)
 	if err != nil {
 		return nil
 	}

@@ -37,9 +37,10 @@ func (a *app) runCommand() *cobra.Command {
 		volumes           []string
 		interactive, tty  bool
 		network, hostname string
+		securityOpts      []string
 	)
 	cmd := &cobra.Command{
-		Use:   "run [--rm] [--name N] [--runtime runc|crun|PATH] [-e K=V]... [--env-file F] [-w DIR] [-u USER[:GROUP]] [-v HOST:CTR[:ro]]... [--network none|host] [--hostname H] [-i] [-t] [--read-only] IMAGE [CMD...]",
+		Use:   "run [--rm] [--name N] [--runtime runc|crun|PATH] [-e K=V]... [--env-file F] [-w DIR] [-u USER[:GROUP]] [-v HOST:CTR[:ro]]... [--network none|host] [--hostname H] [-i] [-t] [--read-only] [--security-opt seccomp=unconfined] IMAGE [CMD...]",
 		Short: "Run a process in a new container of an image, in the foreground",
 		Long: `Run a process in a new container of IMAGE with an OCI runtime (runc or
 crun), as podman run does, and exit with its exit status.
@@ -49,8 +50,20 @@ none is given), with the image's environment, then -e and --env-file; its
 working directory and user come from the image unless -w and -u say
 otherwise (users and groups by name are looked up in the image's own
 /etc/passwd and /etc/group). Standard output and error stream through; -i
-passes standard input, -t gives the process a terminal. SIGINT, SIGTERM and
-SIGHUP are passed on to the process.
+passes standard input. -t gives the process a terminal of its own (a
+pseudo-terminal made by the runtime; ours, if we have one, is raw
+meanwhile and its size changes are passed on); it works without a
+terminal here too. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+are passed on to the process (the kernel ignores those the container's
+first process does not handle, as in podman and docker without --init).
+
+The process runs under podman's default seccomp profile (system calls
+such as unshare, mount and keyctl fail with EPERM) unless
+--security-opt seccomp=unconfined. /etc/hostname, /etc/hosts and
+/etc/resolv.conf are files made for the run and bind-mounted: hosts
+names localhost and the host name; resolv.conf is the host's with
+--network host, and the host's without its name servers with --network
+none (there is no network to reach them).
 
 The runtime is the one that works on this host (crun, or runc on hosts
 with a hybrid cgroup v1/v2 layout, which crun 1.8 refuses), or --runtime.
@@ -68,6 +81,14 @@ executed, 127 when it is not in the image.`,
 				return &exitStatus{code: runner.ExitFailure, err: err}
 			}
 			o.Env = env
+			for _, so := range securityOpts {
+				switch so {
+				case "seccomp=unconfined":
+					o.Seccomp = runner.SeccompUnconfined
+				default:
+					return &exitStatus{code: runner.ExitFailure, err: fmt.Errorf("--security-opt %q: %w: only seccomp=unconfined is known", so, runner.ErrBadOption)}
+				}
+			}
 			o.Volumes = nil
 			for _, v := range volumes {
 				vol, err := runner.ParseVolume(v)
@@ -114,6 +135,7 @@ executed, 127 when it is not in the image.`,
 	f.BoolVarP(&interactive, "interactive", "i", false, "pass standard input")
 	f.BoolVarP(&tty, "tty", "t", false, "give the process a terminal")
 	f.BoolVar(&o.ReadOnly, "read-only", false, "mount the container's root read-only")
+	f.StringArrayVar(&securityOpts, "security-opt", nil, "`seccomp=unconfined`: no seccomp filter (default: podman's profile)")
 	return cmd
 }
 

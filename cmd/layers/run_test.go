@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -94,7 +95,22 @@ func TestRunCLI(t *testing.T) {
 			if res := run(nil, "--bad-flag", img.name); res.code != 125 || !strings.Contains(res.stderr, "unknown flag") {
 				t.Fatalf("%s", res)
 			}
-			checkRunFailure(t, run(nil, "--rm", "-t", img.name, "true"), 125, "-t: bad option: standard input is not a terminal")
+			checkRunFailure(t, run(nil, "--rm", "--security-opt", "apparmor=x", img.name, "true"), 125, `--security-opt "apparmor=x": bad option`)
+			// -t without a terminal here (stdin a pipe): the process has
+			// one, fed from the pipe (whose input the terminal echoes, in
+			// whatever order against the process's output).
+			res = run([]byte("typed\n"), "--rm", "-t", img.name, "sh", "-c", `[ -t 0 ] && [ -t 1 ] && tty; read x; echo "x=$x"; exit 5`)
+			if res.code != 5 || !strings.Contains(res.stdout, "/dev/pts/0\r\n") || !strings.HasSuffix(res.stdout, "x=typed\r\n") || res.stderr != "" {
+				t.Fatalf("-t with a pipe: %s", res)
+			}
+			// The default seccomp profile, and without it.
+			res = run(nil, "--rm", img.name, "unshare", "-U", "true")
+			if res.code != 1 || !strings.Contains(res.stderr, "Operation not permitted") {
+				t.Fatalf("seccomp: %s", res)
+			}
+			if res = run(nil, "--rm", "--security-opt", "seccomp=unconfined", img.name, "unshare", "-U", "true"); res.code != 0 {
+				t.Fatalf("seccomp=unconfined: %s", res)
+			}
 			// -t on a terminal (script(1) makes one): the process has a
 			// terminal and its exit status comes through.
 			if script, err := exec.LookPath("script"); err == nil {
@@ -116,56 +132,86 @@ func TestRunCLI(t *testing.T) {
 	}
 }
 
-// TestRunSignal: SIGTERM to `layers run` reaches the process.
+// TestRunSignal: SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGTERM
+// sent to `layers run` reach the process, with each runtime, with and
+// without -t; the exit status is the process's (its TERM trap exits 3).
 func TestRunSignal(t *testing.T) {
-	needRuntime(t, "runc")
-	r := newRoot(t, "")
-	img := importFixture(t, r, "localhost/busybox:run", "sh")
-	cmd := exec.Command(layersBin, "--root", r.dir, "--runroot", r.runDir, "run", "--rm", img.name,
-		"sh", "-c", `trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`)
-	cmd.Env = cleanEnv()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != "ready" {
-		t.Fatalf("first line %q", sc.Text())
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if !sc.Scan() || sc.Text() != "term" {
-		t.Fatalf("after SIGTERM: %q", sc.Text())
-	}
-	err = cmd.Wait()
-	if cmd.ProcessState.ExitCode() != 42 {
-		t.Fatalf("exit %v", err)
-	}
-	if out := r.ok(t, "ps", "-q"); out != "" {
-		t.Fatalf("containers left: %q", out)
+	for _, rt := range []string{"runc", "crun"} {
+		for _, tty := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/tty=%v", rt, tty), func(t *testing.T) {
+				needRuntime(t, rt)
+				r := newRoot(t, "")
+				img := importFixture(t, r, "localhost/busybox:run", "sh")
+				script := `for s in INT HUP QUIT USR1 USR2; do trap "echo got $s" $s; done; trap "echo got TERM; exit 3" TERM; echo ready; while :; do sleep 0.05; done`
+				args := []string{"--root", r.dir, "--runroot", r.runDir, "run", "--rm", "--runtime", rt}
+				if tty {
+					args = append(args, "-t")
+				}
+				cmd := exec.Command(layersBin, append(args, img.name, "sh", "-c", script)...)
+				cmd.Env = cleanEnv()
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				sc := bufio.NewScanner(out)
+				line := func() string {
+					if !sc.Scan() {
+						return "(EOF)"
+					}
+					return strings.TrimSuffix(sc.Text(), "\r")
+				}
+				if l := line(); l != "ready" {
+					t.Fatalf("first line %q", l)
+				}
+				for _, s := range []struct {
+					sig  syscall.Signal
+					name string
+				}{{syscall.SIGINT, "INT"}, {syscall.SIGHUP, "HUP"}, {syscall.SIGQUIT, "QUIT"}, {syscall.SIGUSR1, "USR1"}, {syscall.SIGUSR2, "USR2"}, {syscall.SIGTERM, "TERM"}} {
+					if err := cmd.Process.Signal(s.sig); err != nil {
+						t.Fatal(err)
+					}
+					if l := line(); l != "got "+s.name {
+						t.Fatalf("after SIG%s: %q", s.name, l)
+					}
+				}
+				err = cmd.Wait()
+				if cmd.ProcessState.ExitCode() != 3 {
+					t.Fatalf("exit %v", err)
+				}
+				if out := r.ok(t, "ps", "-q"); out != "" {
+					t.Fatalf("containers left: %q", out)
+				}
+				for _, dir := range []string{filepath.Join(r.runDir, "bundles"), filepath.Join(r.runDir, "runtime", rt)} {
+					if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+						t.Fatalf("%s holds %v", dir, ents)
+					}
+				}
+			})
+		}
 	}
 }
 
 // TestRunKilled: a `layers run` killed with SIGKILL leaves its container
 // running and mounted; check reports it, check --repair stops the
 // process, removes the runtime's state and unmounts (and removes the
-// container of a --rm run).
+// container of a --rm run). A container removed after its run was killed
+// leaves the runtime's state of a container the store no longer knows:
+// check reports it and check --repair deletes it, killing the process.
 func TestRunKilled(t *testing.T) {
 	for _, rt := range []string{"runc", "crun"} {
 		t.Run(rt, func(t *testing.T) {
 			needRuntime(t, rt)
 			r := newRoot(t, "")
 			img := importFixture(t, r, "localhost/busybox:run", "sh")
-			// A sleep of its own length, so that another run's stray
-			// sleep is not taken for this one's.
-			sleep := fmt.Sprintf("sleep %d", 100000+rand.IntN(900000))
-			for _, rm := range []bool{false, true} {
+			for _, mode := range []string{"keep", "rm", "forgotten"} {
+				// A sleep of its own length, so that another run's stray
+				// sleep is not taken for this one's.
+				sleep := fmt.Sprintf("sleep %d", 100000+rand.IntN(900000))
 				args := []string{"--root", r.dir, "--runroot", r.runDir, "run", "--runtime", rt, "--name", "victim", img.name, "sh", "-c", "echo up; " + sleep}
-				if rm {
+				if mode == "rm" {
 					args = append(args[:4], append([]string{"run", "--rm"}, args[5:]...)...)
 				}
 				cmd := exec.Command(layersBin, args...)
@@ -178,7 +224,7 @@ func TestRunKilled(t *testing.T) {
 					t.Fatal(err)
 				}
 				if sc := bufio.NewScanner(out); !sc.Scan() || sc.Text() != "up" {
-					t.Fatalf("rm=%v: no output", rm)
+					t.Fatalf("%s: no output", mode)
 				}
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait()
@@ -186,29 +232,36 @@ func TestRunKilled(t *testing.T) {
 				var cs []containerJSON
 				decode(t, r.ok(t, "ps", "--format", "json"), &cs)
 				if len(cs) != 1 || cs[0].Status != "running" || !cs[0].Mounted {
-					t.Fatalf("after the kill: %+v", cs)
+					t.Fatalf("%s: after the kill: %+v", mode, cs)
+				}
+				id := cs[0].ID
+				want := runner.ProblemLeftoverRun
+				if mode == "forgotten" {
+					r.ok(t, "rm", "-f", "victim")
+					want = runner.ProblemLeftoverRuntimeState
 				}
 				res := r.exec(t, nil, "check")
-				if res.code != 1 || !strings.Contains(res.stdout, string(runner.ProblemLeftoverRun)) || !strings.Contains(res.stdout, cs[0].ID) {
-					t.Fatalf("check: %s", res)
+				if res.code != 1 || !strings.Contains(res.stdout, string(want)) || !strings.Contains(res.stdout, id) {
+					t.Fatalf("%s: check: %s", mode, res)
+				}
+				if !hasProcess(sleep) {
+					t.Fatalf("%s: check stopped the process", mode)
 				}
 				res = r.exec(t, nil, "check", "--repair")
-				if res.code != 0 || !strings.Contains(res.stdout, string(runner.ProblemLeftoverRun)) {
-					t.Fatalf("check --repair: %s", res)
+				if res.code != 0 || !strings.Contains(res.stdout, string(want)) {
+					t.Fatalf("%s: check --repair: %s", mode, res)
 				}
 				if out := r.ok(t, "check"); out != "no problems found\n" {
-					t.Fatalf("check after repair: %q", out)
+					t.Fatalf("%s: check after repair: %q", mode, out)
 				}
 				decode(t, r.ok(t, "ps", "--format", "json"), &cs)
-				if rm {
-					if len(cs) != 0 {
-						t.Fatalf("--rm container kept: %+v", cs)
-					}
-				} else {
+				if mode == "keep" {
 					if len(cs) != 1 || cs[0].Mounted || cs[0].Status != "exited (?)" {
 						t.Fatalf("after repair: %+v", cs)
 					}
 					r.ok(t, "rm", "victim")
+				} else if len(cs) != 0 {
+					t.Fatalf("%s: container kept: %+v", mode, cs)
 				}
 				if mounts := mountsUnder(t, filepath.Dir(r.dir)); len(mounts) != 0 {
 					t.Fatalf("mounts left: %v", mounts)
@@ -218,14 +271,18 @@ func TestRunKilled(t *testing.T) {
 						t.Fatalf("%s holds %v", dir, ents)
 					}
 				}
-			}
-			// The container's process was killed with its state.
-			deadline := time.Now().Add(5 * time.Second)
-			for hasProcess(sleep) {
-				if time.Now().After(deadline) {
-					t.Fatal("the container's sleep still runs")
+				// The container's process was killed with its state, and
+				// its cgroup is gone.
+				deadline := time.Now().Add(5 * time.Second)
+				for hasProcess(sleep) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: the container's sleep still runs", mode)
+					}
+					time.Sleep(50 * time.Millisecond)
 				}
-				time.Sleep(50 * time.Millisecond)
+				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/pids", id)); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("%s: cgroup left: %v", mode, err)
+				}
 			}
 		})
 	}
