@@ -352,7 +352,11 @@ func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *u
 			return fmt.Errorf("copy: %w", pathErr("fstat", s.join(name), err))
 		}
 	}
-	if err := unix.Mkdirat(d.fd, name, 0o700); err != nil {
+	// Made with its final permissions (plus the owner's rwx, to fill it
+	// as any user) so that dirMeta need not chmod it in the usual case;
+	// nobody else reaches it before the copy ends, since the root of the
+	// copy stays 0700 until then.
+	if err := unix.Mkdirat(d.fd, name, st.Mode&0o777|0o700); err != nil {
 		return fmt.Errorf("copy: %w", pathErr("mkdir", d.join(name), err))
 	}
 	dfd, err := openDir(d.fd, name)
@@ -379,14 +383,48 @@ func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *u
 // dirMeta sets owner, xattrs and mode of a copied directory (not times);
 // with inherited, xattrs the source lacks are removed.
 func (c *copier) dirMeta(sfd, dfd int, dpath string, st *unix.Stat_t, inherited bool) error {
-	if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
-		return fmt.Errorf("copy: %w", pathErr("chown", dpath, err))
+	// A chown, even to the owner the directory has, is a metadata
+	// transaction on most filesystems; an fstat is not.
+	var got unix.Stat_t
+	if err := unix.Fstat(dfd, &got); err != nil {
+		return fmt.Errorf("copy: %w", pathErr("fstat", dpath, err))
 	}
-	if _, err := c.copyXattrsFd(sfd, dfd, dpath, inherited); err != nil {
+	chowned := false
+	if got.Uid != st.Uid || got.Gid != st.Gid {
+		if err := unix.Fchown(dfd, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("copy: %w", pathErr("chown", dpath, err))
+		}
+		chowned = true
+	}
+	aclChanged, err := c.copyXattrsFd(sfd, dfd, dpath, inherited)
+	if err != nil {
 		return err
 	}
-	if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
-		return fmt.Errorf("copy: %w", pathErr("chmod", dpath, err))
+	// As for files: an ACL set or removed changes the mode, and chown
+	// clears setgid; the umask, a default ACL or a setgid parent may have
+	// given the new directory another mode than asked.
+	if got.Mode&07777 != st.Mode&07777 || aclChanged || (chowned && st.Mode&06000 != 0) {
+		if err := unix.Fchmod(dfd, st.Mode&07777); err != nil {
+			return fmt.Errorf("copy: %w", pathErr("chmod", dpath, err))
+		}
+	}
+	return nil
+}
+
+// chownNew gives the entry name just made in d the owner st has, unless it
+// already has it (the usual case when root copies root's files): an lstat
+// instead of a chown, which is a metadata transaction even when it changes
+// nothing.
+func chownNew(d dirRef, name string, st *unix.Stat_t) error {
+	var got unix.Stat_t
+	if err := unix.Fstatat(d.fd, name, &got, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return pathErr("lstat", d.join(name), err)
+	}
+	if got.Uid == st.Uid && got.Gid == st.Gid {
+		return nil
+	}
+	if err := unix.Fchownat(d.fd, name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return pathErr("lchown", d.join(name), err)
 	}
 	return nil
 }
@@ -599,8 +637,8 @@ func (c *copier) copySymlink(s, d dirRef, sname, dname string, st *unix.Stat_t) 
 		return fmt.Errorf("copy: %w", pathErr("symlink", d.join(dname), err))
 	}
 	c.stats.Symlinks++
-	if err := unix.Fchownat(d.fd, dname, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("copy: %w", pathErr("lchown", d.join(dname), err))
+	if err := chownNew(d, dname, st); err != nil {
+		return fmt.Errorf("copy: %w", err)
 	}
 	if err := copyXattrsPath(s.at(sname), d.at(dname), s.join(sname), d.inherits); err != nil {
 		return err
