@@ -14,8 +14,11 @@ import (
 
 // Mount counts are the store's, in the mounts table: the authority for
 // every process on the root, listed with containers and reconciled with
-// the kernel's mountinfo. Each Mount takes one driver reference (Get) and
-// each Unmount releases one (Put), so a driver that shares its counts
+// the kernel's mountinfo. They are committed unsynced (txUnsynced): they
+// count kernel mounts, which a power loss ends too; after one, a count
+// above zero reads as stale like any other, and one rolled back to zero is
+// right. Each Mount takes one driver reference (Get) and each Unmount
+// releases one (Put), so a driver that shares its counts
 // between processes (overlay keeps them in a file) counts exactly what the
 // table counts. Drivers whose counts are per process are covered too: when
 // the table's count reaches zero and the path is still mounted, the store
@@ -174,9 +177,13 @@ func (s *Store) mountLayer(id string) (string, error) {
 		m.kernel, _ = mountinfo.Mounted(p)
 	}
 	s.crashPoint("mount-got")
-	_, err = s.q.Exec(`INSERT INTO mounts (layer_id, count, path, kernel) VALUES (?, ?, ?, ?)
+	// Unsynced: a power loss takes the mount with it (see txUnsynced).
+	err = s.txUnsynced(func(tx querier) error {
+		_, err := tx.Exec(`INSERT INTO mounts (layer_id, count, path, kernel) VALUES (?, ?, ?, ?)
 		ON CONFLICT (layer_id) DO UPDATE SET count = excluded.count, path = excluded.path, kernel = excluded.kernel`,
-		id, m.count+1, m.path, m.kernel)
+			id, m.count+1, m.path, m.kernel)
+		return err
+	})
 	if err != nil {
 		_ = s.driver.Put(id)
 		return "", fmt.Errorf("database: %w", noSpace(err))
@@ -240,7 +247,11 @@ func (s *Store) unmountLayer(id string, all, detach bool) error {
 		err, n = nil, 0
 	}
 	s.crashPoint("unmount-put")
-	if _, uerr := s.q.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, max(n, 0), id); uerr != nil {
+	uerr := s.txUnsynced(func(tx querier) error {
+		_, err := tx.Exec(`UPDATE mounts SET count = ? WHERE layer_id = ?`, max(n, 0), id)
+		return err
+	})
+	if uerr != nil {
 		return fmt.Errorf("database: %w", noSpace(uerr))
 	}
 	if err != nil {
