@@ -206,6 +206,9 @@ func (s *Store) checkLocked(r *Report) error {
 // With fix, stale counts are reset and leaked mounts undone. Under the
 // store lock.
 func (s *Store) checkMounts(r *Report, fix bool) error {
+	if fix && s.mountsTrusted {
+		return nil // Open's recovery, after operations that all ended
+	}
 	rows, err := s.q.Query(`SELECT layer_id, count, path, kernel FROM mounts WHERE count > 0 ORDER BY layer_id`)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)

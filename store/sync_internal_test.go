@@ -4,7 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/moby/sys/mountinfo"
+
+	"github.com/layers-storage/layers/graphdriver"
+	"github.com/layers-storage/layers/internal/loopfs"
+	_ "github.com/layers-storage/layers/overlay" // TestOpenTrustsMountCounts mounts
 )
 
 // synchronousOfIdleConns returns the synchronous setting of every idle
@@ -103,5 +111,134 @@ func TestUnsyncedCommits(t *testing.T) {
 	}
 	if err := s2.Unmount("c", false); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Open reconciles the mount counts with the kernel only when the lock file
+// says that an operation did not end (a process killed with the lock held)
+// or that the counts were reconciled on another boot; after operations that
+// all ended it trusts them and reads no mountinfo. A mount made behind the
+// store's back then stays until Check reports it and Repair undoes it.
+func TestOpenTrustsMountCounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: overlay mounts")
+	}
+	root := filepath.Join(loopfs.New(t, "tmpfs", 0), "root")
+	s, err := Open(Options{Root: root, Driver: "overlay"})
+	if errors.Is(err, graphdriver.ErrNotSupported) {
+		t.Skipf("overlay: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	base, err := s.CreateLayer("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateImage(ImageOptions{Config: []byte(`{}`), TopLayer: base.ID, Names: []string{"img"}}); err != nil {
+		t.Fatal(err)
+	}
+	counted, err := s.CreateContainer("img", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	countedPath, err := s.Mount(counted.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leak, err := s.CreateContainer("img", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// leakNow mounts leak's layer without the store counting it.
+	leakNow := func() string {
+		t.Helper()
+		p, err := s.Driver().Get(leak.Layer, graphdriver.MountOpts{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := mountinfo.Mounted(p); !ok {
+			t.Fatalf("driver Get did not mount %s", p)
+		}
+		return p
+	}
+	reopen := func() {
+		t.Helper()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if s, err = Open(Options{Root: root}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeLock := func(b []byte) {
+		t.Helper()
+		if _, err := s.lockFile.WriteAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mounted := func(p string) bool {
+		ok, err := mountinfo.Mounted(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	boot := bootID()
+	if boot == "" {
+		t.Skip("no boot ID in /proc/sys/kernel/random/boot_id")
+	}
+
+	// Operations that all ended: the leak survives Open, Check reports
+	// it, Repair undoes it, and the counted mount stays.
+	leakPath := leakNow()
+	reopen()
+	if !mounted(leakPath) {
+		t.Fatal("Open reconciled the mounts after operations that all ended")
+	}
+	r, err := s.Check(context.Background(), CheckOptions{})
+	if err != nil || len(r.Problems) != 1 || r.Problems[0].Kind != ProblemLeakedMount {
+		t.Fatalf("check: %v %v, want the leaked mount", r, err)
+	}
+	if _, err := s.Repair(context.Background(), RepairOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(leakPath) || !mounted(countedPath) {
+		t.Fatalf("after repair: leak mounted %v, counted mount mounted %v", mounted(leakPath), mounted(countedPath))
+	}
+
+	// A process killed with the lock held leaves the file busy: Open
+	// reconciles, and trusts the counts again afterwards.
+	leakNow()
+	writeLock([]byte{lockBusy})
+	reopen()
+	if mounted(leakPath) {
+		t.Fatal("Open after a killed operation left the uncounted mount")
+	}
+	if n, _, err := s.Mounted(counted.ID); err != nil || n != 1 || !mounted(countedPath) {
+		t.Fatalf("counted mount after the reconciliation: %d %v", n, err)
+	}
+	leakNow()
+	reopen()
+	if !mounted(leakPath) {
+		t.Fatal("the reconciliation was not recorded: Open reconciled again")
+	}
+
+	// Counts reconciled on another boot: Open reconciles.
+	writeLock([]byte(string(lockIdle) + "00000000-0000-0000-0000-000000000000"))
+	reopen()
+	if mounted(leakPath) {
+		t.Fatal("Open after another boot left the uncounted mount")
+	}
+	r, err = s.Check(context.Background(), CheckOptions{})
+	if err != nil || !r.Clean() {
+		t.Fatalf("check: %v %v", r, err)
+	}
+	if err := s.Unmount(counted.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(countedPath) {
+		t.Fatal("still mounted at count zero")
 	}
 }
