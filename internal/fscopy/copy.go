@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -184,7 +185,48 @@ type job struct {
 	s, d  dirRef
 	name  string
 	depth int
-	wg    *sync.WaitGroup
+	dir   *pendingDir // d's state: told when the file is made
+}
+
+// pendingDir is a directory being copied whose attributes wait until every
+// entry in it is made (a new entry changes a directory's mtime). Whoever
+// makes the last one, the walker or a worker, sets them and closes the
+// directory's fds; so the walker goes on to the next directory at once
+// instead of waiting for the workers at the end of each one.
+//
+// Entries deeper down need not be waited for: making an entry inside a
+// subdirectory changes the subdirectory, not this one, and every *at call
+// below works on the subdirectory's own fds.
+type pendingDir struct {
+	left     atomic.Int64 // files in the workers' hands, +1 while the walker lists it
+	sfd, dfd int
+	path     string // destination, for errors
+	src      string // source, for errors
+	st       unix.Stat_t
+	inherits bool
+	// root is the copy's root: copyTree finishes it itself, after the
+	// workers stop, and owns its fds.
+	root bool
+}
+
+// done counts one entry of p as made; the last one finishes p with c's
+// buffers.
+func (p *pendingDir) done(ctx context.Context, c *copier) {
+	if p.left.Add(-1) != 0 || p.root {
+		return
+	}
+	defer unix.Close(p.sfd)
+	defer unix.Close(p.dfd)
+	if ctx.Err() != nil || c.sh.failed() != nil {
+		return // the copy has failed: only the fds matter now
+	}
+	if err := c.dirMeta(p.sfd, p.dfd, p.path, &p.st, p.inherits); err != nil {
+		c.sh.fail(err)
+		return
+	}
+	if err := c.setTimesFd(p.dfd, &p.st); err != nil {
+		c.sh.fail(fmt.Errorf("copy %s: %w", p.src, pathErr("futimens", p.path, err)))
+	}
 }
 
 // workers is how many goroutines copy regular files while the walker goes
@@ -226,7 +268,7 @@ func (c *copier) startWorkers(ctx context.Context) (stop func()) {
 						c.sh.fail(err)
 					}
 				}
-				j.wg.Done()
+				j.dir.done(ctx, w)
 			}
 		}()
 	}
@@ -274,9 +316,16 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 	s := dirRef{fd: sfd, path: src}
 	d := dirRef{fd: dfd, path: dst, inherits: hasDefaultACL(dfd)}
 	stop := c.startWorkers(ctx)
-	err = c.copyDir(ctx, s, d, 0)
+	root := &pendingDir{root: true}
+	err = c.copyDir(ctx, s, d, 0, root)
 	stop()
 	c.sh.closeLinks()
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = c.sh.failed()
+	}
 	if err != nil {
 		return err
 	}
@@ -291,8 +340,10 @@ func (c *copier) copyTree(ctx context.Context, src, dst string) error {
 	return nil
 }
 
-// copyDir copies the entries of directory s into the existing directory d.
-func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
+// copyDir copies the entries of directory s into the existing directory d,
+// whose state is p: regular files go to the workers (when there are any)
+// and count in p until made. Errors of the workers are collected in c.sh.
+func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int, p *pendingDir) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -303,10 +354,6 @@ func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
 	if err != nil {
 		return fmt.Errorf("copy: %w", pathErr("getdents", s.path, err))
 	}
-	// Regular files go to the workers; this directory's fds stay open, and
-	// its attributes wait, until they are all done.
-	var files sync.WaitGroup
-	defer files.Wait()
 	for i, e := range ents {
 		if i&63 == 63 {
 			if err := ctx.Err(); err != nil {
@@ -317,8 +364,8 @@ func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
 			}
 		}
 		if e.typ == unix.DT_REG && c.pool != nil {
-			files.Add(1)
-			c.pool <- job{s: s, d: d, name: e.name, depth: depth, wg: &files}
+			p.left.Add(1)
+			c.pool <- job{s: s, d: d, name: e.name, depth: depth, dir: p}
 			continue
 		}
 		if e.typ == unix.DT_DIR {
@@ -331,21 +378,23 @@ func (c *copier) copyDir(ctx context.Context, s, d dirRef, depth int) error {
 			return err
 		}
 	}
-	files.Wait()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return c.sh.failed()
+	return nil
 }
 
-// copySubdir makes directory name in d, fills it from s/name and then sets
-// its attributes; its times are set last, after its children changed it.
+// copySubdir makes directory name in d and fills it from s/name; its
+// attributes are set once its last entry is made (see pendingDir), times
+// last, after its entries changed it.
 func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *unix.Stat_t, depth int) error {
 	sfd, err := openDir(s.fd, name)
 	if err != nil {
 		return fmt.Errorf("copy: %w", pathErr("open", s.join(name), err))
 	}
-	defer unix.Close(sfd)
+	closeSfd := true
+	defer func() {
+		if closeSfd {
+			unix.Close(sfd)
+		}
+	}()
 	if st == nil {
 		st = new(unix.Stat_t)
 		if err := unix.Fstat(sfd, st); err != nil {
@@ -363,21 +412,25 @@ func (c *copier) copySubdir(ctx context.Context, s, d dirRef, name string, st *u
 	if err != nil {
 		return fmt.Errorf("copy: %w", pathErr("open", d.join(name), err))
 	}
-	defer unix.Close(dfd)
 	c.stats.Dirs++
+	// From here the fds belong to p, closed by its last done.
+	closeSfd = false
+	p := &pendingDir{sfd: sfd, dfd: dfd, path: d.join(name), src: s.join(name), st: *st, inherits: d.inherits}
+	p.left.Store(1) // the walker's own hold, until it has listed everything
 	// A new directory has a default ACL only if it inherited one from d:
 	// its own (the source's) is set by dirMeta after its entries are made.
 	sub := dirRef{fd: dfd, path: d.join(name), inherits: d.inherits}
-	if err := c.copyDir(ctx, dirRef{fd: sfd, path: s.join(name)}, sub, depth+1); err != nil {
+	err = c.copyDir(ctx, dirRef{fd: sfd, path: s.join(name)}, sub, depth+1, p)
+	if err != nil {
+		c.sh.fail(err) // so that p's last done only closes its fds
+	}
+	p.done(ctx, c)
+	if err != nil {
 		return err
 	}
-	if err := c.dirMeta(sfd, dfd, d.join(name), st, d.inherits); err != nil {
-		return err
-	}
-	if err := c.setTimes(d.fd, name, st); err != nil {
-		return fmt.Errorf("copy %s: %w", s.join(name), err)
-	}
-	return nil
+	// Serially (no workers) the directory is finished by now, and its
+	// errors are this call's.
+	return c.sh.failed()
 }
 
 // dirMeta sets owner, xattrs and mode of a copied directory (not times);
