@@ -17,17 +17,16 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/store"
 )
 
 // CommitOptions tune Commit.
 type CommitOptions struct {
 	// Compression is "gzip", "zstd" or "none": the compression the new
-	// layer's blob is meant to get when it is first pushed or saved (the
-	// layer itself is stored uncompressed, as podman and docker do). ""
-	// means gzip. Commit only validates it: the store has no place for
-	// it yet (see the package documentation).
+	// layer's blob gets when it is first pushed or saved (the layer
+	// itself is stored uncompressed, as podman and docker do). "" means
+	// gzip. It is recorded in the image's metadata (see
+	// ImageCompression), where Push and Save find it.
 	Compression string
 	// Message is the history entry's comment (docker commit -m).
 	Message string
@@ -111,10 +110,9 @@ type historyEntry struct {
 }
 
 func commit(ctx context.Context, st *store.Store, cref, ref string, opts *CommitOptions) (*store.Image, error) {
-	if opts.Compression != "" {
-		if _, err := diff.ParseCompression(opts.Compression); err != nil {
-			return nil, err
-		}
+	meta, err := compressionMetadata(opts.Compression)
+	if err != nil {
+		return nil, err
 	}
 	var names []string
 	if ref != "" {
@@ -203,7 +201,7 @@ func commit(ctx context.Context, st *store.Store, cref, ref string, opts *Commit
 		undo()
 		return nil, err
 	}
-	img, err := st.CreateImage(store.ImageOptions{Config: raw, TopLayer: layer.ID, Names: names})
+	img, err := st.CreateImage(store.ImageOptions{Config: raw, TopLayer: layer.ID, Names: names, Metadata: meta})
 	if err != nil {
 		undo()
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
 	"github.com/layers-storage/layers/store"
 )
@@ -190,9 +191,17 @@ func TestCommitTwice(t *testing.T) {
 			if err := st.Unmount(c.ID, false); err != nil {
 				t.Fatal(err)
 			}
-			second, err := Commit(ctx, st, c.ID, "localhost/second:1", nil)
+			second, err := Commit(ctx, st, c.ID, "localhost/second:1", &CommitOptions{Compression: "zstd"})
 			if err != nil {
 				t.Fatal(err)
+			}
+			for img, want := range map[*store.Image]diff.Compression{first: diff.Gzip, second: diff.Zstd} {
+				if got, ok, err := ImageCompression(img); err != nil || !ok || got != want {
+					t.Errorf("compression recorded for image %s: %v %v %v, want %v", img.ID, got, ok, err, want)
+				}
+			}
+			if _, err := Commit(ctx, st, c.ID, "", &CommitOptions{Compression: "lzma"}); err == nil {
+				t.Error("commit with an unknown compression succeeded")
 			}
 			want["/"].IgnoreMtime = true
 			fixtures.AssertTreesEqual(t, want, rootTree(t, st, second.ID))

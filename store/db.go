@@ -90,6 +90,11 @@ CREATE TABLE blob_gc (
 	digest TEXT PRIMARY KEY
 );
 `,
+	// 3: per-image JSON metadata, for what other packages record with an
+	// image (the compression a commit asked for).
+	`
+ALTER TABLE images ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+`,
 }
 
 // busyTimeout is how long a statement waits for another connection's

@@ -32,6 +32,9 @@ type ImageOptions struct {
 	// NormalizeName). A name another image has moves to this one, as
 	// docker's tag does.
 	Names []string
+	// Metadata, when set, is the image's metadata (JSON), replacing what
+	// an existing image with the same ID had.
+	Metadata json.RawMessage
 }
 
 // CreateImage records an image and returns it. Storing an image whose ID
@@ -51,6 +54,9 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 	}
 	if opts.Manifest != nil && !json.Valid(opts.Manifest) {
 		return nil, errors.New("create image: manifest is not valid JSON")
+	}
+	if opts.Metadata != nil && !json.Valid(opts.Metadata) {
+		return nil, errors.New("create image: metadata is not valid JSON")
 	}
 	names := make([]string, 0, len(opts.Names))
 	for _, n := range opts.Names {
@@ -130,6 +136,11 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 				return err
 			}
 		}
+		if opts.Metadata != nil {
+			if _, err := tx.Exec(`UPDATE images SET metadata = ? WHERE id = ?`, string(opts.Metadata), id); err != nil {
+				return err
+			}
+		}
 		for _, n := range names {
 			if err := setName(tx, n, id); err != nil {
 				return err
@@ -146,6 +157,27 @@ func (s *Store) CreateImage(opts ImageOptions) (*Image, error) {
 		return nil, fmt.Errorf("create image %s: %w", id, joinErrors(err, s.gcBlobs()))
 	}
 	return s.imageByID(s.q, id)
+}
+
+// SetImageMetadata replaces image ref's JSON metadata, which other
+// packages use for what they record with an image.
+func (s *Store) SetImageMetadata(ref string, meta json.RawMessage) error {
+	if !json.Valid(meta) {
+		return fmt.Errorf("set metadata of image %s: not valid JSON", ref)
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return fmt.Errorf("set metadata of image %s: %w", ref, err)
+	}
+	defer unlock()
+	id, _, err := s.resolveImageID(s.q, ref)
+	if err != nil {
+		return fmt.Errorf("set metadata: %w", err)
+	}
+	if _, err := s.q.Exec(`UPDATE images SET metadata = ? WHERE id = ?`, string(meta), id); err != nil {
+		return fmt.Errorf("set metadata of image %s: %w", id, noSpace(err))
+	}
+	return nil
 }
 
 // checkDiffIDs compares a config's diff_ids with the layer chain.
@@ -188,7 +220,7 @@ func setName(tx querier, name, id string) error {
 }
 
 // imageColumns are what scanImage reads.
-const imageColumns = `i.id, i.digest, COALESCE(i.top_layer, ''), i.created`
+const imageColumns = `i.id, i.digest, COALESCE(i.top_layer, ''), i.created, i.metadata`
 
 // imageByID reads image id with its names, layers and size.
 func (s *Store) imageByID(q querier, id string) (*Image, error) {
@@ -213,11 +245,12 @@ func (s *Store) imagesWhere(q querier, cond string, args ...any) ([]*Image, erro
 		var img Image
 		var d string
 		var created int64
-		if err := rows.Scan(&img.ID, &d, &img.TopLayer, &created); err != nil {
+		var meta string
+		if err := rows.Scan(&img.ID, &d, &img.TopLayer, &created, &meta); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("database: images: %w", err)
 		}
-		img.Digest, img.Created = digest.Digest(d), fromNanos(created)
+		img.Digest, img.Created, img.Metadata = digest.Digest(d), fromNanos(created), json.RawMessage(meta)
 		img.Names, img.Layers = []string{}, []string{}
 		imgs = append(imgs, &img)
 		byID[img.ID] = &img

@@ -153,6 +153,9 @@ type Image struct {
 	Size int64 `json:"size"`
 	// Created is when the image was stored.
 	Created time.Time `json:"created"`
+	// Metadata is what other packages record with the image (JSON; "{}"
+	// when nothing is), see SetImageMetadata.
+	Metadata json.RawMessage `json:"metadata"`
 }
 
 // Container is a read-write layer on an image, with a name.
