@@ -155,7 +155,7 @@ func save(ctx context.Context, st *store.Store, refs []string, dest string, opts
 			continue
 		}
 		g.Go(func() error {
-			cb, err := compressLayer(gctx, st, b.layer, comp, tmp)
+			cb, err := compressLayer(gctx, st, b.layer, comp, tmp, true)
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", b.layer.ID, err)
 			}

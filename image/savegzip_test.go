@@ -1,0 +1,59 @@
+package image
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/layers-storage/layers/store"
+)
+
+// TestGzipFastDeterministic: save's gzip gives the same bytes whatever
+// the number of compressor goroutines (blob digests must match across
+// hosts), inflates back to the tar, and checks the recorded diffID.
+func TestGzipFastDeterministic(t *testing.T) {
+	plain, _ := gzipped(t)
+	diffID := digest.FromBytes(plain)
+	var blobs [][]byte
+	for _, procs := range []int{1, 2, 5} {
+		f, err := os.CreateTemp(t.TempDir(), "blob")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cb, err := gzipFast(f, bytes.NewReader(plain), &store.Layer{DiffID: diffID}, procs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(f.Name())
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cb.size != int64(len(b)) || cb.digest != digest.FromBytes(b) {
+			t.Errorf("procs %d: recorded %s (%d bytes), file is %s (%d)", procs, cb.digest, cb.size, digest.FromBytes(b), len(b))
+		}
+		blobs = append(blobs, b)
+	}
+	for i := range blobs[1:] {
+		if !bytes.Equal(blobs[0], blobs[i+1]) {
+			t.Errorf("the blob differs between 1 and more goroutines")
+		}
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(blobs[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(zr)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("the blob does not inflate to the tar (%v)", err)
+	}
+	f, _ := os.CreateTemp(t.TempDir(), "blob")
+	defer f.Close()
+	if _, err := gzipFast(f, bytes.NewReader(plain), &store.Layer{DiffID: digest.FromString("other")}, 2); err == nil {
+		t.Error("a tar not matching the recorded diffID was saved")
+	}
+}
