@@ -258,7 +258,7 @@ func Run(ctx context.Context, st *store.Store, imageRef string, o *Options) (int
 	if err != nil {
 		return 0, err
 	}
-	r := &runner{st: st, rt: rt, c: c, o: o, state: state}
+	r := &runner{st: st, rt: rt, c: c, o: o, state: state, arch: cfg.Architecture}
 	code, started, err := r.run(args, env, cwd, userSpec)
 	if ferr := r.finish(code, started, err); ferr != nil && err == nil {
 		err = ferr
@@ -274,6 +274,7 @@ type runner struct {
 	o      *Options
 	state  *State
 	bundle string
+	arch   string // the image's architecture
 }
 
 // run mounts the container, writes the bundle and runs the runtime.
@@ -316,11 +317,11 @@ func (r *runner) run(args, env []string, cwd, userSpec string) (code int, starte
 	if err != nil {
 		return 0, false, err
 	}
-	spec, err := makeSpec(&specInput{id: r.c.ID, rootfs: rootfs, args: args, env: env, cwd: cwd, user: user, hostname: hostname, etc: etc, opts: o})
+	spec, err := makeSpec(&specInput{id: r.c.ID, rootfs: rootfs, args: args, env: env, cwd: cwd, user: user, hostname: hostname, etc: etc, arch: r.arch, opts: o})
 	if err != nil {
 		return 0, false, err
 	}
-	b, err := json.Marshal(spec)
+	b, err := marshalSpec(spec)
 	if err != nil {
 		return 0, false, fmt.Errorf("make the bundle: %w", err)
 	}

@@ -149,6 +149,7 @@ type specInput struct {
 	user     *User
 	hostname string
 	etc      []specs.Mount // /etc/hosts and co., bind-mounted
+	arch     string        // the image's architecture (GOARCH names)
 	opts     *Options
 }
 
@@ -222,7 +223,7 @@ func makeSpec(in *specInput) (*specs.Spec, error) {
 	}
 	s.Mounts = append(s.Mounts, in.etc...)
 	if o.Seccomp != SeccompUnconfined {
-		s.Linux.Seccomp = DefaultSeccomp(caps)
+		s.Linux.Seccomp = DefaultSeccomp(caps, in.arch)
 	}
 	for _, v := range o.Volumes {
 		mo := []string{"rbind", "rprivate"}
