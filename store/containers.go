@@ -190,7 +190,10 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		name = opts.Name
 	}
 	created := nanos(time.Now())
-	err = s.tx(func(tx querier) error {
+	// Committed unsynced and then synced by syncWAL, which is as
+	// durable as a synchronous commit without SQLite's directory sync
+	// in every process.
+	err = s.txUnsynced(func(tx querier) error {
 		if err := completeLayer(tx, layerID, "", "", 0, 0); err != nil {
 			return err
 		}
@@ -203,6 +206,12 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", s.discardLayer(layerID, err))
+	}
+	if err := s.syncWAL(); err != nil {
+		// Committed, but not known to be on the disk: the container
+		// stays (a killed process would leave it too); the caller
+		// hears that its disk fails.
+		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
 	s.crashPoint("container-created")
 	// What the rows say, without reading them back.

@@ -197,6 +197,8 @@ type Store struct {
 	// reconciling with the kernel (see lockState); set only while it
 	// runs.
 	mountsTrusted bool
+	// dirSyncs counts syncWAL's syncs of the root directory, for tests.
+	dirSyncs int
 
 	// mu serialises mutations inside the process; the flock on lockFile
 	// serialises them between processes (flock does not exclude

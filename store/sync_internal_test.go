@@ -242,3 +242,90 @@ func TestOpenTrustsMountCounts(t *testing.T) {
 		t.Fatal("still mounted at count zero")
 	}
 }
+
+// CreateContainer's commit syncs the write-ahead log itself (syncWAL): the
+// log's directory entry is synced once per log file, recorded in the lock
+// file, not once per process as SQLite's synchronous commit does; a new log
+// file (the last connection's Close deletes it) is synced again.
+func TestSyncWALOncePerLogFile(t *testing.T) {
+	root := t.TempDir()
+	open := func() *Store {
+		t.Helper()
+		s, err := Open(Options{Root: root, Driver: "vfs"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	defer func() { s.Close() }()
+	wal := filepath.Join(root, "layers.db-wal")
+	f, err := os.Open(wal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := walFileID(int(f.Fd()))
+	f.Close()
+	if id == "" {
+		t.Skip("the filesystem of the temporary directory reports no birth time: every commit syncs the directory")
+	}
+	base, err := s.CreateLayer("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateImage(ImageOptions{Config: []byte(`{}`), TopLayer: base.ID, Names: []string{"img"}}); err != nil {
+		t.Fatal(err)
+	}
+	create := func(wantDirSyncs int) {
+		t.Helper()
+		before := s.dirSyncs
+		if _, err := s.CreateContainer("img", nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.dirSyncs - before; got != wantDirSyncs {
+			t.Fatalf("create synced the directory %d times, want %d", got, wantDirSyncs)
+		}
+		rec := make([]byte, walIDLen)
+		if _, err := s.lockFile.ReadAt(rec, walIDOffset); err != nil || string(rec) != id {
+			t.Fatalf("lock file records log %q (%v), want %q", rec, err, id)
+		}
+	}
+	create(1)
+	create(0)
+	// Another process, as the CLI runs them: the first leaves the
+	// database to its exit (here: its connection stays open until it is
+	// closed below), and the record in the lock file holds for the next.
+	if err := s.CloseForExit(); err != nil {
+		t.Fatal(err)
+	}
+	first := s
+	s = open()
+	create(0)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	first.q.close()
+	if err := first.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(wal); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the last connection's Close left the log: %v", err)
+	}
+	s = open()
+	f, err = os.Open(wal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newID := walFileID(int(f.Fd()))
+	f.Close()
+	if newID == id {
+		t.Fatal("a new log file has the ID of the deleted one")
+	}
+	id = newID
+	create(1)
+	create(0)
+	cs, err := s.Containers()
+	if err != nil || len(cs) != 5 {
+		t.Fatalf("containers: %d %v, want 5", len(cs), err)
+	}
+}
