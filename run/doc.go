@@ -8,8 +8,17 @@
 //
 // Runtime state lives under the store's runroot:
 //
-//	RUNROOT/bundles/<id>/       config.json and the runtime's log, while it runs
+//	RUNROOT/bundles/<id>/       config.json, the runtime's log, the
+//	                            container's /etc/hostname, hosts and
+//	                            resolv.conf (bind-mounted), while it runs
 //	RUNROOT/runtime/<runtime>/  the runtime's own state (its --root)
+//
+// The process runs under podman's default seccomp profile (DefaultSeccomp)
+// unless Options.Seccomp says unconfined. Without a terminal the runtime
+// runs in the foreground (`runtime run`) with the caller's streams; with
+// one (Options.TTY) it runs detached with a console socket and Run copies
+// between the caller's streams and the terminal it receives (see
+// runtimeTTY). In both, the signals in forwarded reach the process.
 //
 // A run records its state in the container's metadata (see State): who
 // runs it (pid and start time of the `layers run` process), the runtime,

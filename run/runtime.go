@@ -49,9 +49,11 @@ func CgroupLayout() string {
 
 // FindRuntime returns the runtime to use. name is "runc", "crun" (looked
 // up on PATH), a path to a runtime binary, or "" to pick what works on
-// this host: crun, the faster, on cgroup v2 and v1 hosts; runc first on
-// hybrid hosts, which crun 1.8 refuses (crun is still used there, from a
-// private mount namespace, when it is the only runtime installed). A
+// this host: crun, then runc. crun is the faster (here `layers run --rm
+// IMAGE true` takes ~0.6 of the time with crun that it takes with runc:
+// crun starts and compiles the seccomp filter faster), also on hybrid
+// cgroup v1/v2 hosts, which crun 1.8 refuses and where it runs from a
+// private mount namespace without the cgroup2 mount (PrivateCgroup2). A
 // runtime that is not found fails with ErrNoRuntime.
 func FindRuntime(name string) (*Runtime, error) {
 	layout := CgroupLayout()
@@ -60,11 +62,7 @@ func FindRuntime(name string) (*Runtime, error) {
 		return &Runtime{Name: base, Path: p, PrivateCgroup2: layout == "hybrid" && strings.Contains(base, "crun")}
 	}
 	if name == "" {
-		order := []string{"crun", "runc"}
-		if layout == "hybrid" {
-			order = []string{"runc", "crun"}
-		}
-		for _, n := range order {
+		for _, n := range []string{"crun", "runc"} {
 			if p, err := exec.LookPath(n); err == nil {
 				return mk(p), nil
 			}

@@ -65,8 +65,10 @@ names localhost and the host name; resolv.conf is the host's with
 --network host, and the host's without its name servers with --network
 none (there is no network to reach them).
 
-The runtime is the one that works on this host (crun, or runc on hosts
-with a hybrid cgroup v1/v2 layout, which crun 1.8 refuses), or --runtime.
+The runtime is crun, the faster, or runc when crun is not installed, or
+--runtime (on hosts with a hybrid cgroup v1/v2 layout, which crun 1.8
+refuses, crun runs in a private mount namespace without the cgroup2
+mount).
 Without --rm the container stays, unmounted, and ps shows its exit status.
 
 Exit status: the process's (128+N when it was killed by signal N); 125
@@ -124,7 +126,7 @@ executed, 127 when it is not in the image.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.Remove, "rm", false, "remove the container when the process exits")
 	f.StringVar(&o.Name, "name", "", "the container's `NAME`")
-	f.StringVar(&o.Runtime, "runtime", "", "OCI runtime: `runc|crun|PATH` (default: the one that works here)")
+	f.StringVar(&o.Runtime, "runtime", "", "OCI runtime: `runc|crun|PATH` (default: crun, else runc)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "set `K=V` in the environment (K alone: the value here; repeatable)")
 	f.StringArrayVar(&envFiles, "env-file", nil, "read K=V lines from `FILE` (repeatable)")
 	f.StringVarP(&o.WorkDir, "workdir", "w", "", "working `DIR` inside the container")
