@@ -3,6 +3,7 @@ package run
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -191,34 +192,29 @@ func testRun(t *testing.T, st *testStore, rt *Runtime, name string) {
 			t.Fatalf("%+v", r)
 		}
 	})
-	t.Run("signals", func(t *testing.T) {
-		// SIGTERM to layers reaches the process.
-		o := Options{Runtime: name, Remove: true, Command: []string{"sh", "-c", `trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`}}
-		o.Started = func(string) {
-			time.Sleep(300 * time.Millisecond) // the trap is set
-			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
-		}
-		r := runIn(t, st, "localhost/bb:1", o)
-		if r.err != nil || r.code != 42 || r.stdout != "ready\nterm\n" {
-			t.Fatalf("%+v", r)
-		}
-	})
-	t.Run("signals with a terminal", func(t *testing.T) {
-		o := Options{Runtime: name, Remove: true, TTY: true, Command: []string{"sh", "-c", `trap "echo usr1" USR1; trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`}}
-		o.Started = func(string) {
-			time.Sleep(300 * time.Millisecond) // the traps are set
-			_ = syscall.Kill(os.Getpid(), syscall.SIGUSR1)
-			time.Sleep(300 * time.Millisecond)
-			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
-		}
-		r := runIn(t, st, "localhost/bb:1", o)
-		if r.err != nil || r.code != 42 || r.stdout != "ready\r\nusr1\r\nterm\r\n" {
-			t.Fatalf("%+v", r)
-		}
-	})
+	// Signals to layers reach the process, with and without a terminal:
+	// each is sent once the process said it handles it.
+	for _, tty := range []bool{false, true} {
+		t.Run(fmt.Sprintf("signals tty=%v", tty), func(t *testing.T) {
+			var out syncBuffer
+			o := Options{Runtime: name, Remove: true, TTY: tty, Stdout: &out, Command: []string{"sh", "-c",
+				`trap "echo usr1" USR1; trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`}}
+			o.Started = func(string) {
+				waitFor(t, "ready", func() bool { return strings.Contains(out.String(), "ready") })
+				_ = syscall.Kill(os.Getpid(), syscall.SIGUSR1)
+				waitFor(t, "usr1", func() bool { return strings.Contains(out.String(), "usr1") })
+				_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			}
+			code, err := Run(t.Context(), st.Store, "localhost/bb:1", &o)
+			got := strings.ReplaceAll(out.String(), "\r\n", "\n")
+			if err != nil || code != 42 || got != "ready\nusr1\nterm\n" {
+				t.Fatalf("code %d, err %v, output %q", code, err, out.String())
+			}
+		})
+	}
 	t.Run("seccomp", func(t *testing.T) {
-		// Outside the default profile: unshare (a new user namespace) and
-		// keyctl fail with EPERM; ordinary programs run.
+		// Outside the default profile: unshare (a new user namespace)
+		// fails with EPERM; ordinary programs run.
 		r := run(t, Options{}, "sh", "-c", "unshare -U true; echo $?; cat /proc/self/status | grep Seccomp:")
 		if r.err != nil || r.code != 0 || r.stdout != "1\nSeccomp:\t2\n" || !strings.Contains(r.stderr, "Operation not permitted") {
 			t.Fatalf("%+v", r)

@@ -17,7 +17,8 @@ import (
 // `runc run` alone on a bundle prepared once (the busybox fixture tree,
 // `runc spec`'s config running true), interleaved in the same run so that
 // both see the same machine; and `layers run --runtime crun` too when crun
-// is installed (crun-runc-ratio: against the same runc alone). Everything is on tmpfs. The issue's goal:
+// is installed (the default runtime; crun-runc-ratio: against the same
+// runc alone). Everything is on tmpfs. The issue's goal:
 // layers within 2x of runc alone (runc-ratio below 2), and at least 3x
 // faster than podman's 0.224 s on this host (layers-s/op below 0.075).
 func BenchmarkRun(b *testing.B) {
