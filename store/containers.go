@@ -149,8 +149,15 @@ func (s *Store) CreateContainer(imageRef string, opts *ContainerOptions) (*Conta
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	if opts.Name != "" {
-		if c, err := s.resolveContainer(s.q, opts.Name); err == nil && c.Name == opts.Name {
-			return nil, fmt.Errorf("create container: %w: %q is container %s", ErrNameInUse, opts.Name, c.ID)
+		// The name alone (not resolveContainer's ID and prefix
+		// lookups): a name cannot look like an ID (checked above).
+		var other string
+		err := s.q.QueryRow(`SELECT id FROM containers WHERE name = ?`, opts.Name).Scan(&other)
+		if err == nil {
+			return nil, fmt.Errorf("create container: %w: %q is container %s", ErrNameInUse, opts.Name, other)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("create container: database: %w", err)
 		}
 	}
 	if opts.ID != "" { // a random ID is new
