@@ -160,6 +160,10 @@ func push(ctx context.Context, st *store.Store, imageRef, dest string, opts *Pus
 	comp := diff.Gzip
 	if want != nil {
 		comp = *want
+	} else if recorded, ok, err := ImageCompression(img); err != nil {
+		return "", err
+	} else if ok {
+		comp = recorded // commit --compression
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.jobs())

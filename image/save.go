@@ -30,7 +30,8 @@ type SaveOptions struct {
 	// FormatDockerArchive.
 	Format string
 	// Compression is "gzip", "zstd" or "none", the layers' compression
-	// in OCI formats; "" means gzip. A docker-archive's layers are plain
+	// in OCI formats; "" means what the image's commit recorded (see
+	// ImageCompression), else gzip. A docker-archive's layers are plain
 	// tars, as docker writes them ("" or "none").
 	Compression string
 	// TempDir holds compressed layers until they are written (unnamed
@@ -70,6 +71,8 @@ type savedImage struct {
 // (uncompressed) the layer's tar read when written.
 type savedBlob struct {
 	layer *store.Layer
+	// comp is the blob's compression.
+	comp diff.Compression
 	// file holds the compressed blob; nil for an uncompressed one,
 	// streamed from the store.
 	file      *os.File
@@ -116,9 +119,22 @@ func save(ctx context.Context, st *store.Store, refs []string, dest string, opts
 	var order []string
 	blobs := map[string]*savedBlob{}
 	for _, si := range images {
+		// Without a compression asked for, an OCI image's layers get
+		// what its commit recorded (the first image listing a layer
+		// decides).
+		imgComp := comp
+		if opts.Compression == "" && format != FormatDockerArchive {
+			recorded, ok, err := ImageCompression(si.img)
+			if err != nil {
+				return err
+			}
+			if ok {
+				imgComp = recorded
+			}
+		}
 		for _, l := range si.layers {
 			if _, ok := blobs[l.ID]; !ok {
-				blobs[l.ID] = &savedBlob{layer: l}
+				blobs[l.ID] = &savedBlob{layer: l, comp: imgComp}
 				order = append(order, l.ID)
 			}
 		}
@@ -145,7 +161,7 @@ func save(ctx context.Context, st *store.Store, refs []string, dest string, opts
 	g.SetLimit(jobs)
 	for _, id := range order {
 		b := blobs[id]
-		if comp == diff.Uncompressed {
+		if b.comp == diff.Uncompressed {
 			// The blob is the layer tar itself, streamed into the archive
 			// and checked against the diffID on the way.
 			b.digest, b.size, b.mediaType = b.layer.DiffID, b.layer.TarSize, types.OCIUncompressedLayer
@@ -155,7 +171,7 @@ func save(ctx context.Context, st *store.Store, refs []string, dest string, opts
 			continue
 		}
 		g.Go(func() error {
-			cb, err := compressLayer(gctx, st, b.layer, comp, tmp, true)
+			cb, err := compressLayer(gctx, st, b.layer, b.comp, tmp, true)
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", b.layer.ID, err)
 			}

@@ -18,8 +18,13 @@ func (a *app) commitCommand() *cobra.Command {
 		Short: "Make an image of a container's changes",
 		Long: `Make a new image of a container's changes and print its ID.
 
-The changes become one new layer on the container's image (stored
-uncompressed; --compression is the form meant for push and save). The
+The changes become one new layer on the container's image, stored
+uncompressed; --compression, recorded with the image, is the form push
+and save give its blobs unless told otherwise. On overlay, an unmounted
+container is committed in place: its changes become the layer without
+being copied, and the container goes on from it (its diff then shows
+only what changes after the commit; a second commit adds a second
+layer). A mounted container's changes are copied. The
 config inherits the image's (environment, entrypoint, command, workdir,
 user, labels, ports, volumes), with --change instructions applied as
 docker commit --change does: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL,

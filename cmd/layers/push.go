@@ -24,7 +24,8 @@ the same registry has (one of the image's names) are mounted from it.
 A layer is compressed once, when first pushed, and its blob remembered:
 pushing again sends nothing and gives the same digest. Without
 --compression, a blob the root remembers for a layer is reused whatever
-its compression, and new blobs are gzip.`,
+its compression, and new blobs get the compression the image's commit
+recorded, else gzip.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, args []string) error {
 			if compression != "" {

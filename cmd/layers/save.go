@@ -19,7 +19,8 @@ default) or a directory (oci-dir), or the docker save format
 (docker-archive, uncompressed layers). An image given by ID goes under
 all its names, one given by name under that name. Layers shared by
 several images are written once; OCI layers are compressed with
---compression (default gzip). PATH must not exist (oci-dir: or be an
+--compression (default: what the image's commit recorded, else gzip).
+PATH must not exist (oci-dir: or be an
 empty directory); it appears only once complete.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, args []string) error {
