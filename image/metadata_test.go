@@ -49,3 +49,37 @@ func TestSaveUsesRecordedCompression(t *testing.T) {
 		}
 	}
 }
+
+// A push without --compression gives the layer a commit made the
+// compression the commit recorded; the base's remembered blob is reused.
+func TestPushUsesRecordedCompression(t *testing.T) {
+	reg := startRegistry(t, registryOpts{})
+	st := newStore(t, "overlay")
+	ctx := context.Background()
+	base := storeImage(t, st, [][]byte{busybox(t)}, "localhost/base:1")
+	if _, err := Push(ctx, st, base.ID, reg.host+"/meta/base:1", &PushOptions{Compression: "gzip"}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := changeContainer(t, st, base.ID, time.Time{})
+	img, err := Commit(ctx, st, c.ID, "localhost/zstd:1", &CommitOptions{Compression: "zstd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Push(ctx, st, img.ID, reg.host+"/meta/committed:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	top, err := st.Layer(img.TopLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(top.Blobs) != 1 || !strings.HasSuffix(top.Blobs[0].MediaType, "zstd") {
+		t.Errorf("blobs of the committed layer after a push: %+v, want one zstd blob", top.Blobs)
+	}
+	bottom, err := st.Layer(img.Layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bottom.Blobs) != 1 {
+		t.Errorf("the base layer's gzip blob was not reused: %+v", bottom.Blobs)
+	}
+}

@@ -169,7 +169,15 @@ func push(ctx context.Context, st *store.Store, imageRef, dest string, opts *Pus
 	g.SetLimit(opts.jobs())
 	for i, l := range ls {
 		g.Go(func() error {
-			if err := c.pushLayer(gctx, st, pusher, l, sources, comp, tmp); err != nil {
+			layerComp := comp
+			if want == nil && len(l.cands) > 0 {
+				// Made again as the blob remembered, which gives the
+				// same digest (a layer of the base image, say).
+				if rc, ok := mediaTypeCompression(l.cands[0].MediaType); ok {
+					layerComp = rc
+				}
+			}
+			if err := c.pushLayer(gctx, st, pusher, l, sources, layerComp, tmp); err != nil {
 				opts.progress(Event{ID: shortID(l.layer.ID), Status: StatusFailed, Err: err})
 				return fmt.Errorf("layer %d (%s): %w", i+1, l.layer.ID, err)
 			}
