@@ -395,7 +395,7 @@ func storeImages(ctx context.Context, st *store.Store, src source, plan []*loadI
 				b := blobOf(*l.desc)
 				blob = &b
 			}
-			srcs[i] = store.LayerSource{DiffID: l.diffID, Blob: blob, Open: func(ctx context.Context) (io.ReadCloser, error) {
+			srcs[i] = store.LayerSource{DiffID: l.diffID, Blob: blob, Open: func(context.Context) (io.ReadCloser, error) {
 				rc, size, err := src.open(l.name)
 				if err != nil {
 					return nil, err
@@ -405,13 +405,7 @@ func storeImages(ctx context.Context, st *store.Store, src source, plan []*loadI
 					want = digest.Digest(l.desc.Digest.String())
 				}
 				readers[i] = newVerifyReader(rc, want, size, "layer "+l.name)
-				// gzip inflated by pigz where installed (see gunzip.go)
-				in, err := inflated(ctx, readers[i], true, nil)
-				if err != nil {
-					rc.Close()
-					return nil, err
-				}
-				return &readCloser{Reader: in, Closer: closers{in, rc}}, nil
+				return &readCloser{Reader: readers[i], Closer: rc}, nil
 			}}
 		}
 		stored, err := st.ApplyLayers(ctx, "", srcs)
@@ -466,19 +460,6 @@ func storeImages(ctx context.Context, st *store.Store, src source, plan []*loadI
 		out = append(out, img)
 	}
 	return out, nil
-}
-
-// closers closes each in turn, returning the first error.
-type closers []io.Closer
-
-func (cs closers) Close() error {
-	var first error
-	for _, c := range cs {
-		if err := c.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
 }
 
 // readCloser joins a reader and what closes it.

@@ -32,9 +32,6 @@ type PullOptions struct {
 	// the store root's tmp directory, so that blobs land on the store's
 	// filesystem rather than on /tmp.
 	TempDir string
-	// noExternalGunzip makes gzip layers inflate in process even where
-	// pigz is installed (tests of both paths).
-	noExternalGunzip bool
 }
 
 // maxConfigSize bounds an image config (or manifest) read into memory.
@@ -333,7 +330,7 @@ func pullLayers(ctx context.Context, st *store.Store, c *client, descs []v1.Desc
 			srcs[i] = store.LayerSource{DiffID: l.diffID, Blob: &blob, Open: func(ctx context.Context) (io.ReadCloser, error) {
 				opts.progress(Event{ID: shortID(l.desc.Digest.Hex), Status: StatusApplying, Total: l.desc.Size})
 				readers[i] = &countReader{r: l.sp.reader(ctx)}
-				return inflated(ctx, readers[i], !opts.noExternalGunzip, l.sp.closeReader)
+				return io.NopCloser(readers[i]), nil
 			}}
 		}
 		stored, err := st.ApplyLayers(gctx, res.id, srcs)

@@ -4,13 +4,39 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
+	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/layers-storage/layers/store"
 )
+
+// gzipped returns some megabytes of mixed text and random bytes, and
+// their gzip stream.
+func gzipped(t *testing.T) ([]byte, []byte) {
+	t.Helper()
+	rng := rand.New(rand.NewChaCha8([32]byte{7}))
+	var plain bytes.Buffer
+	for plain.Len() < 3<<20 {
+		if rng.IntN(2) == 0 {
+			plain.WriteString(strings.Repeat("layer blob digest ", 1+rng.IntN(500)))
+		} else {
+			b := make([]byte, rng.IntN(64<<10))
+			for i := range b {
+				b[i] = byte(rng.Uint32())
+			}
+			plain.Write(b)
+		}
+	}
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(plain.Bytes())
+	zw.Close()
+	return plain.Bytes(), z.Bytes()
+}
 
 // TestGzipFastDeterministic: save's gzip gives the same bytes whatever
 // the number of compressor goroutines (blob digests must match across
