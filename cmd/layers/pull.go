@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,11 +19,13 @@ func (a *app) addRegistryCommands(root *cobra.Command) {
 type registryFlags struct {
 	insecure bool
 	jobs     int
+	idle     time.Duration
 }
 
 func (f *registryFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.insecure, "insecure", false, "allow plain http and certificates that do not verify (self-signed)")
 	cmd.Flags().IntVar(&f.jobs, "jobs", image.DefaultJobs, "blobs to transfer at once")
+	cmd.Flags().DurationVar(&f.idle, "idle-timeout", image.DefaultIdleTimeout, "give up (and retry) a registry connection that moved no byte for this `long`; 0: never")
 }
 
 // remoteOptions turns the flags into library options, with progress on
@@ -33,7 +36,13 @@ func (a *app) remoteOptions(f *registryFlags) (image.RemoteOptions, func(), erro
 	if f.jobs < 1 {
 		return image.RemoteOptions{}, nil, usagef("--jobs must be at least 1, not %d", f.jobs)
 	}
-	opts := image.RemoteOptions{Insecure: f.insecure, Jobs: f.jobs}
+	if f.idle < 0 {
+		return image.RemoteOptions{}, nil, usagef("--idle-timeout must not be negative, not %s", f.idle)
+	}
+	opts := image.RemoteOptions{Insecure: f.insecure, Jobs: f.jobs, IdleTimeout: f.idle}
+	if f.idle == 0 {
+		opts.IdleTimeout = -1 // the library's "never"
+	}
 	if a.quiet {
 		return opts, func() {}, nil
 	}

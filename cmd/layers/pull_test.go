@@ -98,7 +98,7 @@ func TestPushPull(t *testing.T) {
 			if !strings.Contains(out, ": applied") {
 				t.Errorf("pull without progress lines: %q", out)
 			}
-			if again := dst.ok(t, "-q", "pull", ref); again != img.id+"\n" {
+			if again := dst.ok(t, "-q", "pull", "--idle-timeout", "30s", ref); again != img.id+"\n" {
 				t.Errorf("pull -q printed %q", again)
 			}
 			var imgs []imageJSON
@@ -138,5 +138,7 @@ func TestPullPushErrors(t *testing.T) {
 	checkUsage(t, r.exec(t, nil, "pull"), "accepts 1 arg", "layers pull")
 	checkUsage(t, r.exec(t, nil, "push", "--compression", "lz4", "img", host+"/x:1"), "--compression", "layers push")
 	checkUsage(t, r.exec(t, nil, "push", "--jobs", "0", "img", host+"/x:1"), "--jobs", "layers push")
+	checkUsage(t, r.exec(t, nil, "pull", "--idle-timeout", "-1s", host+"/x:1"), "--idle-timeout", "layers pull")
+	checkUsage(t, r.exec(t, nil, "pull", "--idle-timeout", "soon", host+"/x:1"), "--idle-timeout", "layers pull")
 	r.fails(t, "image not known", "push", "nosuchimage", host+"/x:1")
 }
