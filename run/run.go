@@ -362,13 +362,13 @@ func (r *runner) runtime() (int, bool, error) {
 			return 0, false, fmt.Errorf("pipe for standard input: %w", err)
 		}
 		defer pr.Close()
+		defer pw.Close()
 		cmd.Stdin = pr
-		go func() {
-			// Ends at the terminal's EOF or at the first input after the
-			// process exited (the write fails).
-			_, _ = io.Copy(pw, o.Stdin)
-			pw.Close()
-		}()
+		stop, err := copyInput(pw, o.Stdin, func() { pw.Close() })
+		if err != nil {
+			return 0, false, err
+		}
+		defer stop()
 	}
 	// If layers dies, so does the runtime (a killed runtime's container
 	// keeps running until cleaned up; see Cleanup).

@@ -151,17 +151,26 @@ func (r *runner) runtimeTTY() (int, bool, error) {
 		close(outDone)
 	}()
 	if o.Stdin != nil {
-		go func() {
-			_, err := io.Copy(master, o.Stdin)
-			if err == nil && !isTerminal(o.Stdin) {
-				// The end of a pipe or file: the container's terminal
-				// reads end-of-file from its EOF character (^D) when it
-				// edits lines, as a user's ^D at a terminal.
+		var eof func()
+		if !isTerminal(o.Stdin) {
+			// The end of a pipe or file: the container's terminal reads
+			// end-of-file from its EOF character (^D) when it edits
+			// lines, as a user's ^D at a terminal.
+			eof = func() {
 				if t, err := unix.IoctlGetTermios(int(master.Fd()), unix.TCGETS); err == nil && t.Lflag&unix.ICANON != 0 {
 					_, _ = master.Write([]byte{t.Cc[unix.VEOF]})
 				}
 			}
-		}()
+		}
+		stop, err := copyInput(master, o.Stdin, eof)
+		if err != nil {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			<-waitc
+			return 0, true, err
+		}
+		// Deferred after restore: runs first, so that our terminal is
+		// read no more when it is back in its own mode.
+		defer stop()
 	}
 	if o.Started != nil {
 		go o.Started(r.c.ID)
@@ -308,4 +317,62 @@ func makeRaw(fd int) (func(), error) {
 		return nil, fmt.Errorf("terminal: raw mode: %w", err)
 	}
 	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, &old) }, nil
+}
+
+// copyInput copies src to dst in a goroutine until src ends (then eof,
+// when not nil, is called) or the returned stop is called. A file (a
+// terminal, a pipe) is polled together with stop's pipe, so that once
+// the process exited no read is left waiting on it: such a read would
+// take the next input meant for whoever reads the file after Run (the
+// caller's shell, the next Run on the same terminal). Other readers are
+// copied with io.Copy, and stop only abandons them.
+func copyInput(dst io.Writer, src io.Reader, eof func()) (stop func(), err error) {
+	f, ok := src.(*os.File)
+	if !ok {
+		go func() {
+			if _, err := io.Copy(dst, src); err == nil && eof != nil {
+				eof()
+			}
+		}()
+		return func() {}, nil
+	}
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("standard input: %w", err)
+	}
+	fd := int(f.Fd())
+	go func() {
+		defer cr.Close()
+		buf := make([]byte, 32*1024)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(cr.Fd()), Events: unix.POLLIN}}
+		for {
+			fds[0].Revents, fds[1].Revents = 0, 0
+			if _, err := unix.Poll(fds, -1); err != nil {
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return
+			}
+			if fds[1].Revents != 0 || fds[0].Revents&unix.POLLNVAL != 0 {
+				return // stopped, or the file was closed
+			}
+			if fds[0].Revents == 0 {
+				continue
+			}
+			n, err := unix.Read(fd, buf)
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			if n <= 0 {
+				if n == 0 && err == nil && eof != nil {
+					eof()
+				}
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	return func() { cw.Close() }, nil
 }

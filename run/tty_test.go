@@ -121,18 +121,20 @@ func TestRunTTY(t *testing.T) {
 				waitFor(t, "the resize", func() bool { return strings.Contains(out.String(), "resized") })
 				_, _ = master.Write([]byte("typed\r"))
 			}
-			done := make(chan struct{})
-			var code int
-			var err error
-			go func() {
-				defer close(done)
-				code, err = Run(t.Context(), st.Store, "localhost/bb:1", &o)
-			}()
-			select {
-			case <-done:
-			case <-time.After(60 * time.Second):
-				t.Fatal("no exit after 60 s")
+			runTTY := func() (code int, err error) {
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					code, err = Run(t.Context(), st.Store, "localhost/bb:1", &o)
+				}()
+				select {
+				case <-done:
+				case <-time.After(60 * time.Second):
+					t.Fatal("no exit after 60 s")
+				}
+				return code, err
 			}
+			code, err := runTTY()
 			got := out.String()
 			if err != nil || code != 7 || !strings.Contains(got, "33 77\r\n") || !strings.Contains(got, "resized\r\n") || !strings.Contains(got, "x=typed\r\n") {
 				t.Fatalf("code %d, err %v, output %q", code, err, got)
@@ -143,6 +145,19 @@ func TestRunTTY(t *testing.T) {
 			tio, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
 			if err != nil || tio.Lflag&unix.ICANON == 0 || tio.Lflag&unix.ECHO == 0 {
 				t.Errorf("our terminal not restored: %+v %v", tio, err)
+			}
+
+			// ^C typed at our (raw) terminal reaches the container's
+			// terminal, which makes it SIGINT for the process.
+			out = syncBuffer{}
+			o.Command = []string{"sh", "-c", `trap "echo interrupted; exit 9" INT; echo ready; while :; do sleep 0.05; done`}
+			o.Started = func(string) {
+				waitFor(t, "ready", func() bool { return strings.Contains(out.String(), "ready") })
+				_, _ = master.Write([]byte{3})
+			}
+			code, err = runTTY()
+			if err != nil || code != 9 || !strings.Contains(out.String(), "interrupted\r\n") {
+				t.Fatalf("^C: code %d, err %v, output %q", code, err, out.String())
 			}
 			assertNoRunState(t, st, rt)
 		})
