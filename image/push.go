@@ -171,8 +171,9 @@ func push(ctx context.Context, st *store.Store, imageRef, dest string, opts *Pus
 		g.Go(func() error {
 			layerComp := comp
 			if want == nil && len(l.cands) > 0 {
-				// Made again as the blob remembered, which gives the
-				// same digest (a layer of the base image, say).
+				// Made again in the compression remembered (a base
+				// layer keeps the form it was pulled or pushed in;
+				// the same digest when push made that blob).
 				if rc, ok := mediaTypeCompression(l.cands[0].MediaType); ok {
 					layerComp = rc
 				}
