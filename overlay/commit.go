@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/graphdriver"
-	"github.com/layers-storage/layers/internal/staging"
 	"github.com/layers-storage/layers/internal/xattr"
 )
 
@@ -155,21 +154,8 @@ func (d *Driver) publishEmpty(id string, lowers []string, rootFrom, marker strin
 	if err := writeFile(filepath.Join(tmp, commitMarker), marker); err != nil {
 		return err
 	}
-	short, err := d.makeLink(id)
-	if err != nil {
-		return err
-	}
-	link = filepath.Join(d.links, short)
-	if err := writeFile(filepath.Join(tmp, "link"), short); err != nil {
-		return err
-	}
-	if err := te.Publish(d.dir(id)); err != nil {
-		if errors.Is(err, staging.ErrExists) {
-			return graphdriver.ErrLayerExists
-		}
-		return err
-	}
-	return nil
+	link, err = d.linkAndPublish(te, id)
+	return err
 }
 
 // writeLowers replaces layer id's parent chain, atomically (a new file

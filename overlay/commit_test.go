@@ -163,30 +163,11 @@ func TestCommitReadWrite(t *testing.T) {
 // layer as it was (its tree, its diff, its parent) and no new layer.
 func TestCommitUndo(t *testing.T) {
 	steps := map[string]func(d *Driver) error{
-		"nothing": func(d *Driver) error { return nil },
-		"published": func(d *Driver) error {
-			upper := filepath.Join(d.dir("rw"), "diff")
-			var st unix.Stat_t
-			if err := unix.Lstat(upper, &st); err != nil {
-				return err
-			}
-			lowers, err := d.readLowers("rw")
-			if err != nil {
-				return err
-			}
-			return d.publishEmpty("img", lowers, upper, "rw\n"+itoa(st.Dev)+" "+itoa(st.Ino)+"\n")
-		},
+		"nothing":   func(d *Driver) error { return nil },
+		"published": func(d *Driver) error { _, err := publishOnly(d); return err },
 		"rebased": func(d *Driver) error {
-			upper := filepath.Join(d.dir("rw"), "diff")
-			var st unix.Stat_t
-			if err := unix.Lstat(upper, &st); err != nil {
-				return err
-			}
-			lowers, err := d.readLowers("rw")
+			lowers, err := publishOnly(d)
 			if err != nil {
-				return err
-			}
-			if err := d.publishEmpty("img", lowers, upper, "rw\n"+itoa(st.Dev)+" "+itoa(st.Ino)+"\n"); err != nil {
 				return err
 			}
 			return d.writeLowers("rw", append([]string{"img"}, lowers...))
@@ -222,7 +203,21 @@ func TestCommitUndo(t *testing.T) {
 	}
 }
 
-func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+// publishOnly is the first step of a commit of rw into img: img
+// published, empty, with its marker. It returns rw's parent chain.
+func publishOnly(d *Driver) ([]string, error) {
+	upper := filepath.Join(d.dir("rw"), "diff")
+	var st unix.Stat_t
+	if err := unix.Lstat(upper, &st); err != nil {
+		return nil, err
+	}
+	lowers, err := d.readLowers("rw")
+	if err != nil {
+		return nil, err
+	}
+	marker := "rw\n" + strconv.FormatUint(st.Dev, 10) + " " + strconv.FormatUint(st.Ino, 10) + "\n"
+	return lowers, d.publishEmpty("img", lowers, upper, marker)
+}
 
 // What a commit refuses leaves everything as it was: a mounted read-write
 // layer (ErrMounted), an image layer, an ID taken, changes that hold a

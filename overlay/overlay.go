@@ -398,21 +398,29 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 	if err := writeFile(filepath.Join(tmp, "kind"), kind+"\n"); err != nil {
 		return err
 	}
+	link, err = d.linkAndPublish(te, id)
+	return err
+}
+
+// linkAndPublish gives the layer built in te its short link and publishes
+// it as layer id. It returns the link's path as soon as the link exists,
+// so that the caller's cleanup removes it when something fails.
+func (d *Driver) linkAndPublish(te *staging.Entry, id string) (link string, err error) {
 	short, err := d.makeLink(id)
 	if err != nil {
-		return err
+		return "", err
 	}
 	link = filepath.Join(d.links, short)
-	if err := writeFile(filepath.Join(tmp, "link"), short); err != nil {
-		return err
+	if err := writeFile(filepath.Join(te.Path(), "link"), short); err != nil {
+		return link, err
 	}
 	if err := te.Publish(d.dir(id)); err != nil {
 		if errors.Is(err, staging.ErrExists) {
-			return graphdriver.ErrLayerExists
+			return link, graphdriver.ErrLayerExists
 		}
-		return err
+		return link, err
 	}
-	return nil
+	return link, nil
 }
 
 // makeRoot makes the diff dir at p: mode 0755 owned by root for a layer

@@ -53,37 +53,34 @@ func changeContainer(t *testing.T, s *store.Store, ref string, f func(root strin
 // diffDigest is the digest of container or layer ref's Diff.
 func diffDigest(t *testing.T, s *store.Store, ref string) digest.Digest {
 	t.Helper()
-	rc, err := s.Diff(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := digest.FromReader(rc)
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return streamDigest(t)(s.Diff(context.Background(), ref))
 }
 
+// layerTarDigest is the digest of layer ref's LayerTar.
 func layerTarDigest(t *testing.T, s *store.Store, ref string) digest.Digest {
 	t.Helper()
-	rc, err := s.LayerTar(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := digest.FromReader(rc)
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return streamDigest(t)(s.LayerTar(context.Background(), ref))
 }
 
-// commits are what the commit tests change in a container.
+// streamDigest hashes and closes the stream an opener returned.
+func streamDigest(t *testing.T) func(io.ReadCloser, error) digest.Digest {
+	return func(rc io.ReadCloser, err error) digest.Digest {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := digest.FromReader(rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+}
+
+// firstChanges is what the commit tests change in a container first.
 func firstChanges(root string) error {
 	if err := os.WriteFile(filepath.Join(root, "etc/hello"), []byte("changed\n"), 0o644); err != nil {
 		return err
