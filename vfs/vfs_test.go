@@ -32,6 +32,7 @@ func TestSuite(t *testing.T) {
 		// ... unless turned off: then copies with reflinks, as on xfs.
 		{"btrfs-copy", "btrfs", map[string]string{"vfs.copy": "reflink", "vfs.subvolumes": "false"}},
 		{"ext4", "ext4", nil},
+		{"tmpfs", "tmpfs", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if os.Geteuid() != 0 {
