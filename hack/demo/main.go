@@ -5,17 +5,15 @@
 // hostile tar refused, the container committed as an image and commands
 // run in that image, everything removed and the root checked.
 //
-// The fixture image is imported with the store library, since `layers
-// load` comes with the images issue; every other step runs the real
-// `layers` binary as its own process, built for the occasion (or taken
-// from $LAYERS_BIN). The driver is the default for the host (overlay where
+// The fixture image is written as an OCI archive and loaded with `layers
+// load`; every step runs the real `layers` binary as its own process,
+// built for the occasion (or taken from $LAYERS_BIN). The driver is the default for the host (overlay where
 // the kernel has it), or $LAYERS_DRIVER.
 package main
 
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,12 +24,11 @@ import (
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
-	"github.com/layers-storage/layers/store"
-	_ "github.com/layers-storage/layers/store/all" // every driver
 )
 
 // imageName is what the fixture image is called in the demo root.
@@ -85,12 +82,10 @@ func run(w io.Writer) (err error) {
 	}
 	fmt.Fprintf(w, "    $ export LAYERS_ROOT=%s LAYERS_RUNROOT=%s\n", d.root, d.runRoot)
 
-	step(w, "import the busybox fixture image (with the store library, until `layers load` exists)")
-	imageID, err := d.importFixture()
-	if err != nil {
-		return fmt.Errorf("import the fixture image: %w", err)
+	step(w, "load the busybox fixture image from an OCI archive")
+	if _, err := d.importFixture(); err != nil {
+		return fmt.Errorf("load the fixture image: %w", err)
 	}
-	fmt.Fprintf(w, "    image %s as %s\n", imageID, imageName)
 
 	step(w, "the store and the image")
 	if _, err := d.layers(nil, "info"); err != nil {
@@ -223,33 +218,91 @@ func (d *demo) run(stdin []byte, args ...string) (string, error) {
 
 // importFixture stores the busybox fixture layer (gzip, as registries
 // serve it) and its image config under imageName, and returns the image ID.
+// importFixture writes the busybox fixture image as an OCI archive (an
+// OCI image layout in a tar, as `podman save --format oci-archive`
+// writes it) and loads it with `layers load`, which prints the image ID.
 func (d *demo) importFixture() (string, error) {
-	layer, err := fixtures.BusyboxLayer()
+	archive := filepath.Join(filepath.Dir(d.root), "busybox-oci.tar")
+	if err := writeFixtureArchive(archive); err != nil {
+		return "", err
+	}
+	out, err := d.layers(nil, "load", "-i", archive)
 	if err != nil {
 		return "", err
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// writeFixtureArchive writes the busybox fixture image, named imageName,
+// to path as an oci-archive with a gzip layer.
+func writeFixtureArchive(path string) error {
+	layer, err := fixtures.BusyboxLayer()
+	if err != nil {
+		return err
 	}
 	gz, err := fixtures.Compress(layer, diff.Gzip)
 	if err != nil {
-		return "", err
+		return err
 	}
 	cfg, err := fixtures.ImageConfig([][]byte{layer}, "sh")
 	if err != nil {
-		return "", err
+		return err
 	}
-	st, err := store.Open(store.Options{Root: d.root, RunRoot: d.runRoot, Driver: d.driver})
+	type descriptor struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      digest.Digest     `json:"digest"`
+		Size        int64             `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	desc := func(mt string, b []byte) descriptor {
+		return descriptor{MediaType: mt, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	}
+	manifest, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+		"config":        desc("application/vnd.oci.image.config.v1+json", cfg),
+		"layers":        []descriptor{desc("application/vnd.oci.image.layer.v1.tar+gzip", gz)},
+	})
 	if err != nil {
-		return "", err
+		return err
 	}
-	defer st.Close()
-	l, err := st.ApplyDiff(context.Background(), "", bytes.NewReader(gz), nil)
+	md := desc("application/vnd.oci.image.manifest.v1+json", manifest)
+	md.Annotations = map[string]string{"org.opencontainers.image.ref.name": imageName}
+	index, err := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []descriptor{md}})
 	if err != nil {
-		return "", err
+		return err
 	}
-	img, err := st.CreateImage(store.ImageOptions{Config: cfg, TopLayer: l.ID, Names: []string{imageName}})
-	if err != nil {
-		return "", err
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, b []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err := tw.Write(b)
+		return err
 	}
-	return img.ID, nil
+	files := []struct {
+		name string
+		data []byte
+	}{
+		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
+		{"index.json", index},
+	}
+	for _, b := range [][]byte{cfg, gz, manifest} {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{"blobs/sha256/" + digest.FromBytes(b).Encoded(), b})
+	}
+	for _, f := range files {
+		if err := add(f.name, f.data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
 }
 
 // layersOf returns the top layer of image and the read-write layer of
