@@ -94,6 +94,9 @@ type ApplyResult struct {
 // itself, and ctx bounds the time.
 //
 // On error the root is left half-applied: the caller discards the layer.
+// Errors say what failed and why (`entry "../x": path climbs above the
+// layer root`), one line, but not the operation: the caller knows which
+// layer it was applying and names it once ("apply layer ID: ...").
 func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (ApplyResult, error) {
 	var res ApplyResult
 	wf := opts.Whiteouts
@@ -102,12 +105,12 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	}
 	rootfd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return res, fmt.Errorf("apply layer: open root %s: %w", root, err)
+		return res, fmt.Errorf("open root %s: %w", root, err)
 	}
 	defer unix.Close(rootfd)
 	lowers, err := openLowers(opts, wf)
 	if err != nil {
-		return res, fmt.Errorf("apply layer: %w", err)
+		return res, err
 	}
 	defer closeLowers(lowers)
 
@@ -128,7 +131,7 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	defer a.closeAll()
 	a.rootReal, _ = os.Readlink("/proc/self/fd/" + strconv.Itoa(rootfd))
 	if empty, err := dirEmpty(rootfd); err != nil {
-		return res, fmt.Errorf("apply layer: read root %s: %w", root, err)
+		return res, fmt.Errorf("read root %s: %w", root, err)
 	} else if empty {
 		a.created[""] = struct{}{}
 	}
@@ -141,7 +144,7 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 
 	dr, comp, err := DecompressStream(r)
 	if err != nil {
-		return res, fmt.Errorf("apply layer: %w", err)
+		return res, err
 	}
 	defer dr.Close()
 	res.Compression = comp
@@ -155,35 +158,35 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	}()
 	for {
 		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("apply layer: %w", err)
+			return res, err
 		}
 		if err := a.writerErr(); err != nil {
-			return res, fmt.Errorf("apply layer: %w", err)
+			return res, err
 		}
 		a.closeStale()
 		m, ok := rd.next()
 		if !ok {
 			// The reader only stops without a message when ctx is done.
 			if err := ctx.Err(); err != nil {
-				return res, fmt.Errorf("apply layer: %w", err)
+				return res, err
 			}
-			return res, errors.New("apply layer: tar reader stopped")
+			return res, errors.New("tar reader stopped")
 		}
 		if m.err != nil {
 			if m.dataErr {
-				return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, dataError(m.err))
+				return res, fmt.Errorf("entry %q: %w", m.hdr.Name, dataError(m.err))
 			}
-			return res, fmt.Errorf("apply layer: %w", m.err)
+			return res, m.err
 		}
 		if m.end {
 			break
 		}
 		body := newBodyReader(rd, m)
 		if err := a.entry(m.hdr, body); err != nil {
-			return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, err)
+			return res, fmt.Errorf("entry %q: %w", m.hdr.Name, err)
 		}
 		if err := body.finish(); err != nil {
-			return res, fmt.Errorf("apply layer: entry %q: %w", m.hdr.Name, dataError(err))
+			return res, fmt.Errorf("entry %q: %w", m.hdr.Name, dataError(err))
 		}
 	}
 	// The reader has sent its last message; wait for it to close the
@@ -191,16 +194,16 @@ func Apply(ctx context.Context, root string, r io.Reader, opts ApplyOptions) (Ap
 	rd.stop()
 	stopped = true
 	if err := a.barrier(); err != nil {
-		return res, fmt.Errorf("apply layer: %w", err)
+		return res, err
 	}
 	a.closeStale()
 	if a.lowers != nil && !a.rootListed && rootEmpty {
 		if err := a.rootFromLower(); err != nil {
-			return res, fmt.Errorf("apply layer: %w", err)
+			return res, err
 		}
 	}
 	if err := a.setDirTimes(); err != nil {
-		return res, fmt.Errorf("apply layer: %w", err)
+		return res, err
 	}
 	hc := rd.hc
 	res.DiffID = digest.NewDigestFromBytes(digest.SHA256, hc.h.Sum(nil))

@@ -507,7 +507,7 @@ func TestApplyFunctional(t *testing.T) {
 			name:    "devices rejected when asked",
 			ents:    []atEnt{atDev("dev/null", tar.TypeChar, 1, 3)},
 			opts:    func(o *ApplyOptions) { o.RejectDevices = true },
-			wantErr: `apply layer: entry "dev/null": device nodes are not allowed here`,
+			wantErr: `entry "dev/null": device nodes are not allowed here`,
 		},
 		{
 			name: "fifo allowed when devices are rejected",
@@ -517,22 +517,22 @@ func TestApplyFunctional(t *testing.T) {
 		{
 			name:    "hardlink to a missing target",
 			ents:    []atEnt{atLink("h", "no/such")},
-			wantErr: `apply layer: entry "h": hardlink target "no/such" does not exist`,
+			wantErr: `entry "h": hardlink target "no/such" does not exist`,
 		},
 		{
 			name:    "hardlink to a directory",
 			ents:    []atEnt{atDir("d", 0o755), atLink("h", "d")},
-			wantErr: `apply layer: entry "h": hardlink target "d" is a directory`,
+			wantErr: `entry "h": hardlink target "d" is a directory`,
 		},
 		{
 			name:    "unknown entry type",
 			ents:    []atEnt{atWith(atFile("v", "", 0o644), func(h *tar.Header) { h.Typeflag = 'V' })},
-			wantErr: `apply layer: entry "v": unsupported entry type 'V'`,
+			wantErr: `entry "v": unsupported entry type 'V'`,
 		},
 		{
 			name:    "parent is a file",
 			ents:    []atEnt{atFile("f", "x", 0o644), atFile("f/g", "y", 0o644)},
-			wantErr: `apply layer: entry "f/g": parent directory: not a directory`,
+			wantErr: `entry "f/g": parent directory: not a directory`,
 		},
 	}
 	for _, c := range cases {
@@ -703,13 +703,13 @@ func TestApplyBadInput(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"truncated data", full[:512+512+1000], `apply layer: entry "etc/passwd": truncated data: unexpected EOF`},
-		{"truncated header", full[:700], `apply layer: truncated tar: no end-of-archive marker`},
-		{"cut at a header boundary", full[:len(full)-1024], `apply layer: truncated tar after entry "etc/passwd": no end-of-archive marker`},
-		{"cut inside a header", full[:len(full)-1024+100], `apply layer: read tar header after entry "etc/passwd": unexpected EOF`},
-		{"huge declared size", append(huge, bytes.Repeat([]byte{1}, 5000)...), `apply layer: entry "big": truncated data: unexpected EOF`},
-		{"garbage", bytes.Repeat([]byte("garbage!"), 200), `apply layer: read first tar header`},
-		{"corrupt gzip", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, bytes.Repeat([]byte{0xee}, 100)...), `apply layer:`},
+		{"truncated data", full[:512+512+1000], `entry "etc/passwd": truncated data: unexpected EOF`},
+		{"truncated header", full[:700], `truncated tar: no end-of-archive marker`},
+		{"cut at a header boundary", full[:len(full)-1024], `truncated tar after entry "etc/passwd": no end-of-archive marker`},
+		{"cut inside a header", full[:len(full)-1024+100], `read tar header after entry "etc/passwd": unexpected EOF`},
+		{"huge declared size", append(huge, bytes.Repeat([]byte{1}, 5000)...), `entry "big": truncated data: unexpected EOF`},
+		{"garbage", bytes.Repeat([]byte("garbage!"), 200), `read first tar header`},
+		{"corrupt gzip", append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, bytes.Repeat([]byte{0xee}, 100)...), `read first tar header: decompress gzip: `},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

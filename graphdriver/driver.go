@@ -101,6 +101,8 @@ type Differ interface {
 // for it (see diff.Lower). The driver fills in the lowers' dirs.
 type Applier interface {
 	// ApplyDiff applies the layer tar r to layer id, created on parent.
+	// Its errors leave out the operation and the layer, which the caller
+	// names (see ApplyDiff in this package).
 	ApplyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error)
 }
 

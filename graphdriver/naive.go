@@ -29,6 +29,9 @@ func Diff(ctx context.Context, d Driver, id, parent string) (io.ReadCloser, erro
 // ApplyDiff applies the layer tar r to layer id (already created on parent),
 // natively when d is an Applier, else by mounting id and untarring into it
 // with the delete whiteout format.
+//
+// Errors say what failed and why, not "apply layer id": the caller, who
+// chose id, names the operation once (the store says "apply layer ID: ...").
 func ApplyDiff(ctx context.Context, d Driver, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
 	if a, ok := d.(Applier); ok {
 		return a.ApplyDiff(ctx, id, parent, r, opts)
@@ -105,19 +108,20 @@ func (r *diffReader) Close() error {
 
 // NaiveApplyDiff mounts id and applies r into it with the delete whiteout
 // format (unless opts names another), which is right for any driver whose
-// mounted layer shows its parent's content.
+// mounted layer shows its parent's content. As with ApplyDiff, errors do
+// not name the layer or the operation (the caller does); the driver's Get
+// and Put name their own.
 func NaiveApplyDiff(ctx context.Context, d Driver, id string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
 	root, err := d.Get(id, MountOpts{})
 	if err != nil {
-		return diff.ApplyResult{}, fmt.Errorf("apply layer %s: %w", id, err)
+		return diff.ApplyResult{}, err
 	}
 	res, err := diff.Apply(ctx, root, r, opts)
 	if perr := d.Put(id); err == nil && perr != nil {
 		err = perr
 	}
 	if err != nil {
-		// diff.Apply's errors already say "apply layer"; add which one.
-		return diff.ApplyResult{}, fmt.Errorf("layer %s: %w", id, err)
+		return diff.ApplyResult{}, err
 	}
 	return res, nil
 }

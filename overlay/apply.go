@@ -24,15 +24,10 @@ import (
 // is mounted gets the tar through its mount instead (writing under a live
 // overlay's upper dir is undefined); an image layer that is mounted is
 // refused, since its mounts are read-only views that must not change.
+//
+// Errors do not name the layer or the operation, which the caller has
+// already (see graphdriver.Applier).
 func (d *Driver) ApplyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
-	res, err := d.applyDiff(ctx, id, parent, r, opts)
-	if err != nil {
-		return diff.ApplyResult{}, fmt.Errorf("layer %s: %w", id, err)
-	}
-	return res, nil
-}
-
-func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, opts diff.ApplyOptions) (diff.ApplyResult, error) {
 	if err := validID(id); err != nil {
 		return diff.ApplyResult{}, err
 	}
@@ -51,7 +46,7 @@ func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, 
 		return diff.ApplyResult{}, err
 	}
 	if got := firstOr(lowers); got != parent {
-		return diff.ApplyResult{}, fmt.Errorf("apply against parent %q: the layer's parent is %q", parent, got)
+		return diff.ApplyResult{}, fmt.Errorf("parent %q given, the layer's parent is %q", parent, got)
 	}
 	kind, err := d.kind(id)
 	if err != nil {
@@ -63,7 +58,7 @@ func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, 
 	}
 	if n > 0 {
 		if kind != kindReadWrite {
-			return diff.ApplyResult{}, fmt.Errorf("apply into image layer: it is mounted (%d references); image layers change only while unmounted", n)
+			return diff.ApplyResult{}, fmt.Errorf("image layer is mounted (%d references); image layers change only while unmounted", n)
 		}
 		unlock()
 		locked = false
@@ -71,7 +66,7 @@ func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, 
 		return graphdriver.NaiveApplyDiff(ctx, d, id, r, opts)
 	}
 	if len(opts.Lowers) > len(lowers) {
-		return diff.ApplyResult{}, fmt.Errorf("apply: %d lowers given, the layer has %d parents", len(opts.Lowers), len(lowers))
+		return diff.ApplyResult{}, fmt.Errorf("%d lowers given, the layer has %d parents", len(opts.Lowers), len(lowers))
 	}
 	given := opts.Lowers
 	opts.Lowers = make([]diff.Lower, len(lowers))
@@ -79,7 +74,7 @@ func (d *Driver) applyDiff(ctx context.Context, id, parent string, r io.Reader, 
 		opts.Lowers[i].Dir = filepath.Join(d.dir(l), "diff")
 		if i < len(given) {
 			if given[i].Dir != "" {
-				return diff.ApplyResult{}, fmt.Errorf("apply: lower %d has Dir %q; the driver sets the dirs, callers give only Ready", i, given[i].Dir)
+				return diff.ApplyResult{}, fmt.Errorf("lower %d has Dir %q; the driver sets the dirs, callers give only Ready", i, given[i].Dir)
 			}
 			opts.Lowers[i].Ready = given[i].Ready
 		}

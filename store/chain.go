@@ -97,7 +97,7 @@ func (s *Store) ApplyLayers(ctx context.Context, parent string, srcs []LayerSour
 		}
 		return out, nil
 	}
-	ls, err := s.applyParallel(ctx, parent, rest)
+	ls, err := s.applyParallel(ctx, parent, rest, len(out), len(srcs))
 	out = append(out, ls...)
 	if err != nil {
 		return out, fmt.Errorf("apply layers: %w", err)
@@ -133,18 +133,16 @@ type pending struct {
 func (p *pending) ready(ctx context.Context) error {
 	select {
 	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("layer %s: %w", p.id, p.err)
-		}
-		return nil
+		return p.err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
 // applyParallel creates the layers of srcs on parent, applies them at
-// once and completes them bottom first.
-func (s *Store) applyParallel(ctx context.Context, parent string, srcs []LayerSource) ([]*Layer, error) {
+// once and completes them bottom first. srcs are the chain's layers from
+// below+1 on, of total: its errors number the layers as the chain does.
+func (s *Store) applyParallel(ctx context.Context, parent string, srcs []LayerSource, below, total int) ([]*Layer, error) {
 	ps := make([]*pending, len(srcs))
 	release := func() {
 		for _, p := range ps {
@@ -240,7 +238,7 @@ func (s *Store) applyParallel(ctx context.Context, parent string, srcs []LayerSo
 	chainKnown := parent == "" || chain != ""
 	for i, p := range ps {
 		if p.err != nil {
-			return out, s.discardChain(ps[i:], fmt.Errorf("layer %d of the chain: %w", i+1, p.err))
+			return out, s.discardChain(ps[i:], fmt.Errorf("layer %d of %d: %w", below+i+1, total, p.err))
 		}
 		if chainKnown {
 			chain = ChainID(chain, p.res.DiffID)
@@ -267,7 +265,7 @@ func (s *Store) applyParallel(ctx context.Context, parent string, srcs []LayerSo
 			// Another process stored this part of the chain meanwhile;
 			// ours above it sits on our copy. Keep the chain ours: the
 			// rest is redone on the stored layer by a later call.
-			err = fmt.Errorf("layer %d of the chain was stored meanwhile by another process as %s; apply again to reuse it", i+1, existing)
+			err = fmt.Errorf("layer %d of %d was stored meanwhile by another process as %s; apply again to reuse it", below+i+1, total, existing)
 		}
 		if err != nil {
 			return out, s.discardChain(ps[i:], err)
@@ -295,6 +293,9 @@ func (s *Store) startChild(id, parent string, incompleteParent bool) error {
 }
 
 // applySourceInto opens src and applies it into the created layer id.
+// Its errors name the layer as ApplyDiff's do, "apply layer ID: ...", but
+// for src.Open's, which come before there is anything to apply (as in
+// applySource).
 func (s *Store) applySourceInto(ctx context.Context, id, parent string, src LayerSource, lowers []diff.Lower) (diff.ApplyResult, error) {
 	rc, err := src.Open(ctx)
 	if err != nil {
@@ -308,7 +309,10 @@ func (s *Store) applySourceInto(ctx context.Context, id, parent string, src Laye
 	if err == nil {
 		err = s.syncLayer()
 	}
-	return res, err
+	if err != nil {
+		return res, fmt.Errorf("apply layer %s: %w", id, err)
+	}
+	return res, nil
 }
 
 // discardChain removes the incomplete layers ps (bottom first), top

@@ -1,10 +1,13 @@
 package store_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
 	"io"
+	"regexp"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,5 +173,53 @@ func TestApplyLayersOverlap(t *testing.T) {
 			t.Fatalf("%d layers: %v", len(ls), err)
 		}
 		assertClean(t, s)
+	})
+}
+
+// A failed chain says which layer of the chain failed, counted in the
+// whole chain (reused layers too), names that layer and "apply layer" once
+// and goes on with the cause, in one line, whether the driver applies the
+// layers at once (overlay) or one after the other; sentinels stay
+// reachable through the wrapping.
+func TestApplyLayersErrorReadsOnce(t *testing.T) {
+	hostile := fixtures.Tar(fixtures.Raw(tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644}, "x"))
+	tars := [][]byte{fixtures.Tar(chainLayers[0]...), fixtures.Tar(chainLayers[1]...), hostile}
+	forEachDriver(t, func(t *testing.T, driver, root string) {
+		ctx := context.Background()
+		s := open(t, driver, root)
+		var opens atomic.Int32
+		// The bottom layer stored before: the chain reuses it and
+		// applies the two above it (at once, on overlay).
+		if _, err := s.ApplyLayers(ctx, "", sources(tars[:1], &opens)); err != nil {
+			t.Fatal(err)
+		}
+		check := func(t *testing.T, err error, want *regexp.Regexp) {
+			t.Helper()
+			if err == nil {
+				t.Fatal("a broken layer applied")
+			}
+			msg := err.Error()
+			if !want.MatchString(msg) {
+				t.Fatalf("error %q, want it to match %s", msg, want)
+			}
+			if n := strings.Count(msg, "apply layer "); n != 1 {
+				t.Errorf("error %q says \"apply layer\" %d times", msg, n)
+			}
+		}
+		_, err := s.ApplyLayers(ctx, "", sources(tars, &opens))
+		check(t, err, regexp.MustCompile(`^apply layers: layer 3 of 3: apply layer [0-9a-f]{64}: entry "\.\./escape": path climbs above the layer root$`))
+
+		srcs := sources([][]byte{tars[0], tars[1], fixtures.Tar(chainLayers[2]...)}, &opens)
+		srcs[1].DiffID = digest.FromString("something else")
+		_, err = s.ApplyLayers(ctx, "", srcs)
+		check(t, err, regexp.MustCompile(`^apply layers: layer 2 of 3: apply layer [0-9a-f]{64}: digest mismatch: content has diff ID sha256:[0-9a-f]{64}, expected `+regexp.QuoteMeta(srcs[1].DiffID.String())+`$`))
+		if !errors.Is(err, store.ErrDigestMismatch) {
+			t.Errorf("error %v is not ErrDigestMismatch", err)
+		}
+		// Kept: the bottom layer and the hostile chain's second one,
+		// which is below its failure.
+		if all, err := s.Layers(); err != nil || len(all) != 2 {
+			t.Errorf("layers after the failed applies: %v %v", all, err)
+		}
 	})
 }

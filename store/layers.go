@@ -481,7 +481,8 @@ func (s *Store) ApplyDiff(ctx context.Context, parent string, r io.Reader, opts 
 }
 
 // applyData applies r into layer id, recording the tar's layout on the
-// way (see LayerTar).
+// way (see LayerTar). Its errors do not name the layer: its callers say
+// "apply layer ID" once, for these and for their own.
 func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, opts *ApplyOptions, lowers []diff.Lower) (diff.ApplyResult, error) {
 	src, err := decompressed(r)
 	if err != nil {
@@ -495,7 +496,7 @@ func (s *Store) applyData(ctx context.Context, id, parent string, r io.Reader, o
 	res, err := graphdriver.ApplyDiff(ctx, s.driver, id, parent, ts, diff.ApplyOptions{Warn: opts.Warn, Lowers: lowers})
 	if err != nil {
 		ts.abort()
-		return res, withoutContext(err, "layer "+id+": ", "apply layer: ")
+		return res, err
 	}
 	return res, ts.finish(s.sync)
 }
@@ -764,34 +765,3 @@ func (s *Store) crashPoint(name string) {
 	_ = unix.Kill(os.Getpid(), unix.SIGKILL)
 	select {} // SIGKILL is not delivered synchronously
 }
-
-// withoutContext drops the prefixes from the start of err's text, as often
-// as they come: the context that layers below added and the caller's own
-// wrapping says already (a driver names the layer, diff.Apply the
-// operation, and ApplyDiff says "apply layer ID" once for both). The
-// error chain stays whole for errors.Is and errors.As.
-func withoutContext(err error, prefixes ...string) error {
-	msg := err.Error()
-	trimmed := msg
-	for again := true; again; {
-		again = false
-		for _, p := range prefixes {
-			if t, ok := strings.CutPrefix(trimmed, p); ok {
-				trimmed, again = t, true
-			}
-		}
-	}
-	if trimmed == msg {
-		return err
-	}
-	return &rewordedError{msg: trimmed, err: err}
-}
-
-// rewordedError is err with another text.
-type rewordedError struct {
-	msg string
-	err error
-}
-
-func (e *rewordedError) Error() string { return e.msg }
-func (e *rewordedError) Unwrap() error { return e.err }
