@@ -29,7 +29,8 @@ const commitMarker = "commit-of"
 // file is copied. In order, each step leaving the same tree at rw:
 //
 //  1. id is published with an empty diff dir (with the root attributes of
-//     rw's), rw's parent chain and the commit marker;
+//     rw's), rw's parent chain and the commit marker (as Create makes a
+//     layer on rw's parent);
 //  2. rw's parent chain is rewritten with id first (rw over an empty
 //     layer shows what it showed);
 //  3. the two diff dirs are exchanged (renameat2 RENAME_EXCHANGE), so
@@ -84,7 +85,7 @@ func (d *Driver) commitReadWrite(rw, id string) error {
 			return &os.PathError{Op: "lstat", Path: upper, Err: err}
 		}
 		marker := fmt.Sprintf("%s\n%d %d\n", rw, st.Dev, st.Ino)
-		if err := d.publishEmpty(id, lowers, upper, marker); err != nil {
+		if err := d.build(id, lowers, upper, kindImage, map[string]string{commitMarker: marker}); err != nil {
 			return err
 		}
 		if err := d.writeLowers(rw, append([]string{id}, lowers...)); err != nil {
@@ -105,57 +106,6 @@ func (d *Driver) commitReadWrite(rw, id string) error {
 		}
 		return nil
 	})
-}
-
-// publishEmpty makes image layer id on the parent chain lowers with an
-// empty diff dir taking the root attributes of rootFrom, and the commit
-// marker, and publishes it.
-func (d *Driver) publishEmpty(id string, lowers []string, rootFrom, marker string) (err error) {
-	te, err := d.tmp.New("new-" + id)
-	if err != nil {
-		return err
-	}
-	tmp := te.Path()
-	var link string
-	defer func() {
-		if err != nil {
-			if link != "" {
-				_ = os.Remove(link)
-			}
-			_ = te.Remove()
-		}
-	}()
-	if err := os.Mkdir(tmp, 0o700); err != nil {
-		return err
-	}
-	if err := os.Mkdir(filepath.Join(tmp, "merged"), 0o700); err != nil {
-		return err
-	}
-	diffDir := filepath.Join(tmp, "diff")
-	if err := makeRoot(diffDir, rootFrom); err != nil {
-		return err
-	}
-	// The empty dir becomes rw's root: it shows rw's root times too.
-	var st unix.Stat_t
-	if err := unix.Lstat(rootFrom, &st); err != nil {
-		return &os.PathError{Op: "lstat", Path: rootFrom, Err: err}
-	}
-	if err := unix.UtimesNano(diffDir, []unix.Timespec{st.Atim, st.Mtim}); err != nil {
-		return &os.PathError{Op: "utimes", Path: diffDir, Err: err}
-	}
-	if len(lowers) > 0 {
-		if err := writeFile(filepath.Join(tmp, "lower"), strings.Join(lowers, "\n")+"\n"); err != nil {
-			return err
-		}
-	}
-	if err := writeFile(filepath.Join(tmp, "kind"), kindImage+"\n"); err != nil {
-		return err
-	}
-	if err := writeFile(filepath.Join(tmp, commitMarker), marker); err != nil {
-		return err
-	}
-	link, err = d.linkAndPublish(te, id)
-	return err
 }
 
 // writeLowers replaces layer id's parent chain, atomically (a new file

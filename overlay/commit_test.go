@@ -216,7 +216,7 @@ func publishOnly(d *Driver) ([]string, error) {
 		return nil, err
 	}
 	marker := "rw\n" + strconv.FormatUint(st.Dev, 10) + " " + strconv.FormatUint(st.Ino, 10) + "\n"
-	return lowers, d.publishEmpty("img", lowers, upper, marker)
+	return lowers, d.build("img", lowers, upper, kindImage, map[string]string{commitMarker: marker})
 }
 
 // What a commit refuses leaves everything as it was: a mounted read-write

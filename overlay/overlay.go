@@ -73,6 +73,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -323,7 +324,7 @@ func (d *Driver) CreateReadWrite(id, parent string, opts *graphdriver.CreateOpts
 	return nil
 }
 
-func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool) (err error) {
+func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool) error {
 	if err := validID(id); err != nil {
 		return err
 	}
@@ -356,7 +357,18 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 		lowers = append([]string{parent}, pl...)
 		rootFrom = filepath.Join(d.dir(parent), "diff")
 	}
+	kind := kindImage
+	if rw {
+		kind = kindReadWrite
+	}
+	return d.build(id, lowers, rootFrom, kind, nil)
+}
 
+// build makes layer id of kind under HOME/tmp and publishes it: its parent
+// chain lowers, an empty diff dir with the root attributes of rootFrom
+// ("" for none), the dirs its kind mounts with, and extra files (name to
+// content) beside them.
+func (d *Driver) build(id string, lowers []string, rootFrom, kind string, extra map[string]string) (err error) {
 	te, err := d.tmp.New("new-" + id)
 	if err != nil {
 		return err
@@ -375,7 +387,7 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 		return err
 	}
 	subs := []string{"merged"}
-	if rw {
+	if kind == kindReadWrite {
 		subs = append(subs, "work")
 	}
 	for _, sub := range subs {
@@ -391,12 +403,15 @@ func (d *Driver) create(id, parent string, opts *graphdriver.CreateOpts, rw bool
 			return err
 		}
 	}
-	kind := kindImage
-	if rw {
-		kind = kindReadWrite
+	extra = maps.Clone(extra)
+	if extra == nil {
+		extra = map[string]string{}
 	}
-	if err := writeFile(filepath.Join(tmp, "kind"), kind+"\n"); err != nil {
-		return err
+	extra["kind"] = kind + "\n"
+	for name, content := range extra {
+		if err := writeFile(filepath.Join(tmp, name), content); err != nil {
+			return err
+		}
 	}
 	link, err = d.linkAndPublish(te, id)
 	return err
