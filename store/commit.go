@@ -274,9 +274,9 @@ func (s *Store) readCommitted(ctx context.Context, id, parent string) (committed
 		return committed{}, fmt.Errorf("record tar layout: %w", err)
 	}
 	dg := digest.Canonical.Digester()
-	cr := &countingReader{r: io.TeeReader(ts, dg.Hash())}
+	hashed := io.TeeReader(ts, dg.Hash())
 	var res committed
-	tr := tar.NewReader(cr)
+	tr := tar.NewReader(hashed)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -291,27 +291,15 @@ func (s *Store) readCommitted(ctx context.Context, id, parent string) (committed
 		}
 	}
 	// The end-of-archive blocks count too.
-	if _, err := io.Copy(io.Discard, cr); err != nil {
+	if _, err := io.Copy(io.Discard, hashed); err != nil {
 		ts.abort()
 		return committed{}, fmt.Errorf("read the committed layer's tar: %w", err)
 	}
 	if err := ts.finish(s.sync); err != nil {
 		return committed{}, err
 	}
-	res.diffID, res.tarSize = dg.Digest(), cr.n
+	res.diffID, res.tarSize = dg.Digest(), ts.n
 	return res, nil
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // chainOn returns the chainID of a layer with diffID on parentID ("" for

@@ -70,6 +70,7 @@ type tarSplitter struct {
 	zw     *gzip.Writer
 	done   chan error // the recorder's result
 	closed bool
+	n      int64 // bytes passed through
 }
 
 // chunkQueue bounds the memory of data read but not yet recorded.
@@ -99,6 +100,7 @@ func (s *Store) newTarSplitter(id string, src io.Reader) (*tarSplitter, error) {
 // Read reads the stream for the applier and queues a copy for the recorder.
 func (t *tarSplitter) Read(p []byte) (int, error) {
 	n, err := t.src.Read(p)
+	t.n += int64(n)
 	if n > 0 && !t.closed {
 		t.chunks <- append([]byte(nil), p[:n]...)
 	}
