@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 
@@ -122,7 +121,7 @@ func (s *Store) pinPair(ref string) (id, parent string, release func() error, er
 // A pin file lists the layers one pinPair counts as mounted, flocked by
 // the process for as long as it holds them: when the process dies
 // mid-diff (killed during a push or a commit), the next Open finds the
-// file unlocked and gives the counts back (recoverPins), instead of the
+// file unlocked and gives the counts back (recoverPinFile), instead of the
 // layers staying counted as mounted for good.
 type pinFile struct{ f *os.File }
 
@@ -130,7 +129,7 @@ type pinFile struct{ f *os.File }
 const pinSuffix = ".pins"
 
 // newPinFile makes a pin file and locks it. Under the store lock, as is
-// recoverPins, so that no recovery takes a new, unlocked file for debris.
+// recoverPinFile, so that no recovery takes a new, unlocked file for debris.
 func (s *Store) newPinFile() (*pinFile, error) {
 	f, err := os.CreateTemp(s.tmp, "pin-*"+pinSuffix)
 	if err != nil {
@@ -159,42 +158,38 @@ func (p *pinFile) release() {
 	_ = p.f.Close()
 }
 
-// recoverPins gives back the mount counts of pin files whose process
-// died. Under the store lock.
-func (s *Store) recoverPins() error {
-	ents, err := os.ReadDir(s.tmp)
+// isPinFile reports whether name (under ROOT/tmp) is a pin file.
+func isPinFile(name string) bool {
+	return strings.HasPrefix(name, "pin-") && strings.HasSuffix(name, pinSuffix)
+}
+
+// recoverPinFile gives back the mount counts the pin file at p lists,
+// when its process died (nobody holds its lock), and removes it. Under
+// the store lock.
+func (s *Store) recoverPinFile(p string) error {
+	f, err := os.Open(p)
 	if err != nil {
-		return err
+		return nil // released meanwhile
 	}
-	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), "pin-") || !strings.HasSuffix(e.Name(), pinSuffix) {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close() // its process is alive
+		return nil
+	}
+	b, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("pin file %s: %w", p, err)
+	}
+	for _, id := range strings.Fields(string(b)) {
+		if !isID(id) {
 			continue
 		}
-		p := filepath.Join(s.tmp, e.Name())
-		f, err := os.Open(p)
-		if err != nil {
-			continue // released meanwhile
+		if err := s.unmountLayer(id, false, false); err != nil && !errors.Is(err, ErrLayerUnknown) {
+			return fmt.Errorf("give back the mount of layer %s pinned by a dead process: %w", id, err)
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close() // its process is alive
-			continue
-		}
-		b, err := io.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("pin file %s: %w", p, err)
-		}
-		for _, id := range strings.Fields(string(b)) {
-			if !isID(id) {
-				continue
-			}
-			if err := s.unmountLayer(id, false, false); err != nil && !errors.Is(err, ErrLayerUnknown) {
-				return fmt.Errorf("give back the mount of layer %s pinned by a dead process: %w", id, err)
-			}
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }

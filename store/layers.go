@@ -685,24 +685,26 @@ func (s *Store) recover(st dbState) error {
 	if err := s.recoverLayers(st); err != nil {
 		return err
 	}
-	// Mounts counted by differs of killed processes.
-	if err := s.recoverPins(); err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
-	// Mount counts a killed process left lying, mounts it left uncounted.
-	if err := s.checkMounts(&Report{}, true); err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
-	// Lock files of applies killed before their row was written, or
-	// after it was deleted.
 	ents, err := os.ReadDir(s.tmp)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), ".lock"); ok && isID(id) {
+		name := e.Name()
+		if id, ok := strings.CutSuffix(name, ".lock"); ok && isID(id) {
+			// Lock files of applies killed before their row was
+			// written, or after it was deleted.
 			s.layerBeingApplied(id)
+		} else if isPinFile(name) {
+			// Mounts counted by differs of killed processes.
+			if err := s.recoverPinFile(filepath.Join(s.tmp, name)); err != nil {
+				return fmt.Errorf("recover: %w", err)
+			}
 		}
+	}
+	// Mount counts a killed process left lying, mounts it left uncounted.
+	if err := s.checkMounts(&Report{}, true); err != nil {
+		return fmt.Errorf("recover: %w", err)
 	}
 	return nil
 }
