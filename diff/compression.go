@@ -203,18 +203,35 @@ func (d *decompressReader) Close() error {
 // given input, level and block size, which layer digests need. zstd uses
 // the library's default level with concurrency up to GOMAXPROCS.
 func CompressStream(w io.Writer, c Compression) (io.WriteCloser, error) {
-	return compressStreamN(w, c, runtime.GOMAXPROCS(0))
+	return CompressStreamWith(w, c, CompressOptions{})
 }
 
-// compressStreamN is CompressStream with procs compressor goroutines. The
-// output must not depend on procs (blob digests must match across hosts);
-// TestCompressDeterministicAcrossConcurrency checks that.
-func compressStreamN(w io.Writer, c Compression, procs int) (io.WriteCloser, error) {
+// CompressOptions tune a compressor.
+type CompressOptions struct {
+	// GzipLevel is gzip's level, from 1 (fastest) to 9 (smallest); 0 is
+	// the default level.
+	GzipLevel int
+	// Procs is the number of compressor goroutines; 0 is GOMAXPROCS.
+	// The output does not depend on it (blob digests must match across
+	// hosts; TestCompressDeterministicAcrossConcurrency checks that).
+	Procs int
+}
+
+// CompressStreamWith is CompressStream tuned by opts.
+func CompressStreamWith(w io.Writer, c Compression, opts CompressOptions) (io.WriteCloser, error) {
+	procs := opts.Procs
+	if procs <= 0 {
+		procs = runtime.GOMAXPROCS(0)
+	}
 	switch c {
 	case Uncompressed:
 		return nopWriteCloser{w}, nil
 	case Gzip:
-		zw, err := pgzip.NewWriterLevel(w, pgzip.DefaultCompression)
+		level := opts.GzipLevel
+		if level == 0 {
+			level = pgzip.DefaultCompression
+		}
+		zw, err := pgzip.NewWriterLevel(w, level)
 		if err != nil {
 			return nil, fmt.Errorf("compress gzip: %w", err)
 		}

@@ -312,7 +312,7 @@ func TestCompressDeterministicAcrossConcurrency(t *testing.T) {
 		var want []byte
 		for _, procs := range []int{1, 2, 8} {
 			var buf bytes.Buffer
-			w, err := compressStreamN(&buf, c, procs)
+			w, err := CompressStreamWith(&buf, c, CompressOptions{Procs: procs})
 			if err != nil {
 				t.Fatal(err)
 			}

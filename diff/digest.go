@@ -27,9 +27,14 @@ type LayerWriter struct {
 // NewLayerWriter returns a LayerWriter that writes the blob, compressed
 // with c, to w. Closing it does not close w.
 func NewLayerWriter(w io.Writer, c Compression) (*LayerWriter, error) {
+	return NewLayerWriterWith(w, c, CompressOptions{})
+}
+
+// NewLayerWriterWith is NewLayerWriter with the compressor tuned by opts.
+func NewLayerWriterWith(w io.Writer, c Compression, opts CompressOptions) (*LayerWriter, error) {
 	lw := &LayerWriter{c: c}
 	lw.blob = countingHash{w: w, h: digest.Canonical.Hash()}
-	zw, err := CompressStream(&lw.blob, c)
+	zw, err := CompressStreamWith(&lw.blob, c, opts)
 	if err != nil {
 		return nil, err
 	}

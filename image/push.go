@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 
@@ -435,12 +433,11 @@ func compressLayer(ctx context.Context, st *store.Store, l *store.Layer, c diff.
 		return nil, err
 	}
 	defer rc.Close()
-	var cb *compressedBlob
-	if fast && c == diff.Gzip {
-		cb, err = gzipFast(f, rc, l, runtime.GOMAXPROCS(0))
-	} else {
-		cb, err = compressWith(f, rc, l, c)
+	var opts diff.CompressOptions
+	if fast {
+		opts.GzipLevel = saveGzipLevel
 	}
+	cb, err := compressWith(f, rc, l, c, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -448,9 +445,9 @@ func compressLayer(ctx context.Context, st *store.Store, l *store.Layer, c diff.
 	return cb, nil
 }
 
-// compressWith compresses the layer tar r with c (diff's levels) into f.
-func compressWith(f *os.File, r io.Reader, l *store.Layer, c diff.Compression) (*compressedBlob, error) {
-	lw, err := diff.NewLayerWriter(f, c)
+// compressWith compresses the layer tar r with c, tuned by opts, into f.
+func compressWith(f *os.File, r io.Reader, l *store.Layer, c diff.Compression, opts diff.CompressOptions) (*compressedBlob, error) {
+	lw, err := diff.NewLayerWriterWith(f, c, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -474,54 +471,6 @@ func compressWith(f *os.File, r io.Reader, l *store.Layer, c diff.Compression) (
 // number of cores (fixed 1 MiB blocks), so the same layer gives the same
 // blob digest on every host.
 const saveGzipLevel = pgzip.BestSpeed
-
-// gzipFast compresses the layer tar r at saveGzipLevel into f, on procs
-// goroutines.
-func gzipFast(f *os.File, r io.Reader, l *store.Layer, procs int) (*compressedBlob, error) {
-	blob := &hashCount{w: f, h: digest.Canonical.Hash()}
-	zw, err := pgzip.NewWriterLevel(blob, saveGzipLevel)
-	if err == nil {
-		err = zw.SetConcurrency(1<<20, procs)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("compress gzip: %w", err)
-	}
-	// An uncompressed LayerWriter over the compressor: it hashes the tar
-	// for the diffID check.
-	lw, err := diff.NewLayerWriter(zw, diff.Uncompressed)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := io.Copy(lw, r); err != nil {
-		zw.Close()
-		return nil, fmt.Errorf("compress: %w", err)
-	}
-	if err := lw.Close(); err != nil {
-		zw.Close()
-		return nil, fmt.Errorf("compress: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("compress gzip: %w", err)
-	}
-	if l.DiffID != "" && lw.DiffID() != l.DiffID {
-		return nil, fmt.Errorf("%w: the stored layer gives diff ID %s, recorded %s", store.ErrDigestMismatch, lw.DiffID(), l.DiffID)
-	}
-	return &compressedBlob{f: f, digest: digest.NewDigest(digest.Canonical, blob.h), size: blob.n, mediaType: layerMediaType(diff.Gzip)}, nil
-}
-
-// hashCount passes writes to w, hashing and counting what w took.
-type hashCount struct {
-	w io.Writer
-	h hash.Hash
-	n int64
-}
-
-func (c *hashCount) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.h.Write(p[:n])
-	c.n += int64(n)
-	return n, err
-}
 
 // fileLayer is a compressed blob as go-containerregistry uploads it.
 type fileLayer struct {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -50,7 +51,7 @@ func TestGzipFastDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cb, err := gzipFast(f, bytes.NewReader(plain), &store.Layer{DiffID: diffID}, procs)
+		cb, err := compressWith(f, bytes.NewReader(plain), &store.Layer{DiffID: diffID}, diff.Gzip, diff.CompressOptions{GzipLevel: saveGzipLevel, Procs: procs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +80,7 @@ func TestGzipFastDeterministic(t *testing.T) {
 	}
 	f, _ := os.CreateTemp(t.TempDir(), "blob")
 	defer f.Close()
-	if _, err := gzipFast(f, bytes.NewReader(plain), &store.Layer{DiffID: digest.FromString("other")}, 2); err == nil {
+	if _, err := compressWith(f, bytes.NewReader(plain), &store.Layer{DiffID: digest.FromString("other")}, diff.Gzip, diff.CompressOptions{GzipLevel: saveGzipLevel, Procs: 2}); err == nil {
 		t.Error("a tar not matching the recorded diffID was saved")
 	}
 }
