@@ -5,9 +5,7 @@ import (
 	"errors"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/layers-storage/layers/internal/fscopy"
 	"github.com/layers-storage/layers/internal/loopfs"
 	"github.com/layers-storage/layers/internal/subvol"
+	"github.com/layers-storage/layers/internal/subvol/subvoltest"
 )
 
 func TestSuite(t *testing.T) {
@@ -286,28 +285,6 @@ func TestRegistryDefaultPicksVFS(t *testing.T) {
 	}
 }
 
-// subvolumes returns the subvolumes `btrfs subvolume list` shows under
-// mnt, an independent look at what the driver did; it skips without
-// btrfs-progs.
-func subvolumes(t *testing.T, mnt string) []string {
-	t.Helper()
-	if _, err := exec.LookPath("btrfs"); err != nil {
-		t.Skip("btrfs-progs not installed: cannot cross-check the subvolume list")
-	}
-	out, err := exec.Command("btrfs", "subvolume", "list", mnt).CombinedOutput()
-	if err != nil {
-		t.Fatalf("btrfs subvolume list: %v: %s", err, out)
-	}
-	var paths []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if i := strings.Index(line, " path "); i >= 0 {
-			paths = append(paths, line[i+len(" path "):])
-		}
-	}
-	sort.Strings(paths)
-	return paths
-}
-
 func isSubvolume(t *testing.T, path string) bool {
 	t.Helper()
 	ok, err := subvol.IsSubvolume(path)
@@ -392,7 +369,7 @@ func TestSubvolumesOnBtrfs(t *testing.T) {
 		t.Errorf("Status = %v", st2)
 	}
 	want := []string{"home/dir/" + "base", "home/dir/" + "child"}
-	if l := subvolumes(t, mnt); strings.Join(l, " ") != strings.Join(want, " ") {
+	if l := subvoltest.Listed(t, mnt); strings.Join(l, " ") != strings.Join(want, " ") {
 		t.Fatalf("subvolumes %q, want %q", l, want)
 	}
 	// An immutable file (a container may chattr +i) cannot be unlinked,
@@ -412,7 +389,7 @@ func TestSubvolumesOnBtrfs(t *testing.T) {
 	if d.Exists("child") {
 		t.Fatal("child exists after Remove")
 	}
-	if l := subvolumes(t, mnt); len(l) != 1 || l[0] != "home/dir/base" {
+	if l := subvoltest.Listed(t, mnt); len(l) != 1 || l[0] != "home/dir/base" {
 		t.Fatalf("after Remove: subvolumes %q, want only the base", l)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(home, "tmp")); len(ents) != 0 {
@@ -473,7 +450,7 @@ func TestSubvolumesMixed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if l := subvolumes(t, mnt); len(l) != 0 {
+	if l := subvoltest.Listed(t, mnt); len(l) != 0 {
 		t.Errorf("subvolumes left: %q", l)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(home, "dir")); len(ents) != 0 {
@@ -500,7 +477,7 @@ func TestNewDeletesStaleSubvolume(t *testing.T) {
 	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale subvolume kept: %v", err)
 	}
-	if l := subvolumes(t, mnt); len(l) != 0 {
+	if l := subvoltest.Listed(t, mnt); len(l) != 0 {
 		t.Errorf("subvolumes left: %q", l)
 	}
 }

@@ -3,7 +3,6 @@ package subvol
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,28 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layers-storage/layers/internal/loopfs"
+	"github.com/layers-storage/layers/internal/subvol/subvoltest"
 )
-
-// listed returns the paths `btrfs subvolume list` shows under mnt, or
-// skips when btrfs-progs is not installed: an independent look at what
-// the ioctls did.
-func listed(t *testing.T, mnt string) []string {
-	t.Helper()
-	if _, err := exec.LookPath("btrfs"); err != nil {
-		t.Skip("btrfs-progs not installed: cannot cross-check the subvolume list")
-	}
-	out, err := exec.Command("btrfs", "subvolume", "list", mnt).CombinedOutput()
-	if err != nil {
-		t.Fatalf("btrfs subvolume list: %v: %s", err, out)
-	}
-	var paths []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if i := strings.Index(line, " path "); i >= 0 {
-			paths = append(paths, line[i+len(" path "):])
-		}
-	}
-	return paths
-}
 
 func TestCreateSnapshotDelete(t *testing.T) {
 	mnt := loopfs.New(t, "btrfs", 0)
@@ -73,7 +52,7 @@ func TestCreateSnapshotDelete(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(a, "d/e/f")); string(got) != "data" {
 		t.Fatalf("source changed through its snapshot: %q", got)
 	}
-	if l := listed(t, mnt); len(l) != 2 || l[0] != "a" || l[1] != "b" {
+	if l := subvoltest.Listed(t, mnt); len(l) != 2 || l[0] != "a" || l[1] != "b" {
 		t.Fatalf("subvolumes %q, want [a b]", l)
 	}
 	if err := Snapshot(a, b); !errors.Is(err, unix.EEXIST) {
@@ -87,7 +66,7 @@ func TestCreateSnapshotDelete(t *testing.T) {
 			t.Fatalf("%s after Delete: %v", p, err)
 		}
 	}
-	if l := listed(t, mnt); len(l) != 0 {
+	if l := subvoltest.Listed(t, mnt); len(l) != 0 {
 		t.Fatalf("subvolumes left: %q", l)
 	}
 }
