@@ -94,9 +94,12 @@ func DecompressStream(r io.Reader) (io.ReadCloser, Compression, error) {
 	// A stream shorter than the magic is legal only as uncompressed data
 	// (an empty stream is an empty, if useless, layer); Peek reports
 	// io.EOF then, which is not an error here.
+	// An error of Peek is r's own, returned as it is: when r is itself
+	// a decompressed stream (the store decompresses before Apply looks
+	// again), it already names what failed ("decompress gzip: ...").
 	magic, err := br.Peek(magicLen)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, Uncompressed, fmt.Errorf("detect compression: %w", err)
+		return nil, Uncompressed, err
 	}
 	c := DetectCompression(magic)
 	switch c {

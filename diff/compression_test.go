@@ -196,6 +196,31 @@ func TestCompressCorruptInput(t *testing.T) {
 	}
 }
 
+// A stream decompressed twice over, as the store decompresses a layer and
+// Apply then detects again on what it reads: the inner stream's error
+// reaches the caller as it is, naming the compression first, whether the
+// outer detection or a later read meets it.
+func TestDecompressStackedError(t *testing.T) {
+	data := testPayload(1 << 20)
+	for _, c := range []Compression{Gzip, Zstd} {
+		blob := compressBytes(t, data, c)
+		for _, cut := range []int{20, len(blob) / 2} {
+			inner, _, err := DecompressStream(bytes.NewReader(blob[:cut]))
+			if err == nil {
+				var outer io.ReadCloser
+				if outer, _, err = DecompressStream(inner); err == nil {
+					_, err = io.Copy(io.Discard, outer)
+					outer.Close()
+				}
+				inner.Close()
+			}
+			if want := "decompress " + c.String() + ": "; err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("%v cut at %d of %d: error %v, want one starting %q", c, cut, len(blob), err, want)
+			}
+		}
+	}
+}
+
 func TestCompressTruncatedInput(t *testing.T) {
 	data := testPayload(1 << 20)
 	for _, c := range []Compression{Gzip, Zstd} {
