@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -115,8 +114,9 @@ const busyTimeout = 30 * time.Second
 // rebuild to half a megabyte.
 const walAutocheckpoint = 128
 
-// openDB opens the database at path: synchronous commits (the metadata
-// is durable even when layer data is not), foreign keys on (a layer row
+// openDB opens the database at path: commits that do not wait for the
+// disk (synchronous NORMAL: the store makes the ones that must survive a
+// power loss durable itself, see syncWAL), foreign keys on (a layer row
 // cannot go while an image, a child or a container names it), a busy
 // timeout. These are settings of each connection; WAL mode (readers
 // never block the writer) is a setting of the database file, made once
@@ -125,7 +125,7 @@ const walAutocheckpoint = 128
 func openDB(path string) (*sql.DB, error) {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
-	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walAutocheckpoint))
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
@@ -232,69 +232,50 @@ func withTx(db *sql.DB, f func(tx *sql.Tx) error) error {
 	return noSpace(tx.Commit())
 }
 
-// tx runs f in one transaction whose statements come from the cache.
+// tx runs f in one transaction whose statements come from the cache, and
+// makes it durable (syncWAL) before it returns. A sync that fails leaves
+// the transaction committed, not known to be on the disk.
 func (s *Store) tx(f func(tx querier) error) error {
+	if err := s.txUnsynced(f); err != nil {
+		return err
+	}
+	return s.syncWAL()
+}
+
+// txUnsynced runs f in one transaction that commits without waiting for
+// the disk. The commit is atomic and survives the process being killed
+// (it is in the write-ahead log, in the page cache); only a power loss or
+// a kernel crash may take it back, together with nothing committed after
+// it (the log is replayed in order, and each durable commit syncs the
+// whole log, this one included). So it is for what a power loss undoes
+// anyway or leaves for Check or Open's recovery: mount counts (the
+// kernel's mounts do not survive it either), the "incomplete" mark of a
+// layer being made (its data is not synced at that point either), the
+// last row of a layer whose data is gone; or for a commit that syncWAL
+// makes durable right after. A flush of the disk cache costs ~1 ms on
+// this machine's ext4 on a loop device, as much as the rest of `layers
+// mount`.
+func (s *Store) txUnsynced(f func(tx querier) error) error {
 	err := withTx(s.db, func(tx *sql.Tx) error { return f(cachedTx{tx: tx, c: s.q}) })
 	s.q.preparePending()
 	return err
 }
 
-// txUnsynced runs f in one transaction that commits without waiting for
-// the disk: its connection is switched to synchronous(NORMAL) for that
-// commit and back to FULL after it. The commit is atomic and survives the
-// process being killed (it is in the write-ahead log, in the page cache);
-// only a power loss or a kernel crash may take it back, together with
-// nothing committed after it (the log is replayed in order and each
-// synchronous commit syncs the whole log, this one included). So it is for
-// what a power loss undoes anyway or leaves for Check: mount counts (the
-// kernel's mounts do not survive it either) and the "incomplete" mark of a
-// layer being made, whose data is not synced at that point either; or for
-// a commit that syncWAL makes durable right after. Each
-// synchronous commit costs a flush of the disk cache: on this machine's
-// ext4 on a loop device, ~1.5 ms, as much as the rest of `layers mount`.
-func (s *Store) txUnsynced(f func(tx querier) error) (err error) {
-	ctx := context.Background()
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return noSpace(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
-		return noSpace(err)
-	}
-	defer func() {
-		if _, rerr := conn.ExecContext(ctx, `PRAGMA synchronous = FULL`); rerr != nil {
-			// A connection left unsynced must not serve the
-			// commits that need the disk: it is dropped.
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-			err = joinErrors(err, fmt.Errorf("database: restore synchronous commits: %w", rerr))
-		}
-		s.q.preparePending()
-	}()
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return noSpace(err)
-	}
-	if err := f(cachedTx{tx: tx, c: s.q}); err != nil {
-		_ = tx.Rollback()
-		return noSpace(err)
-	}
-	return noSpace(tx.Commit())
-}
-
-// syncWAL makes what txUnsynced committed durable, as a synchronous(FULL)
+// syncWAL makes what was committed durable, as a synchronous(FULL)
 // commit would have: the write-ahead log is synced (fdatasync: its data
 // and its size), and its directory entry too unless the lock file records
 // that this very log file (inode and birth time) had its entry synced
 // already. SQLite syncs the directory at the first commit of every
 // connection, since it cannot know: one more flush of the disk cache in
-// every process that commits, which is all of `layers create`'s cost left
-// on a disk (~1.5 ms on this machine's ext4 on a loop device). The log
-// file cannot be replaced while this process's connection is open (SQLite
-// deletes it only when the last connection closes), so the file synced is
-// the one committed to. A record lost to a power loss (the lock file is
-// not synced) or naming another file means one more directory sync, never
-// one less. Under the store lock.
+// every process that commits (~1 ms on this machine's ext4 on a loop
+// device). tx and the statement cache's Exec call it after every commit
+// that must survive a power loss. The log file cannot be replaced while
+// this process's connection is open (SQLite deletes it only when the last
+// connection closes), so the file synced is the one committed to. A
+// record lost to a power loss (the lock file is not synced), raced by
+// another syncWAL, or naming another file means one more directory sync,
+// never one less: the record is written only after the sync of the file
+// it names.
 func (s *Store) syncWAL() error {
 	wal := filepath.Join(s.root, "layers.db-wal")
 	fd, err := unix.Open(wal, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -306,6 +287,7 @@ func (s *Store) syncWAL() error {
 	if err := unix.Fdatasync(fd); err != nil {
 		return fmt.Errorf("database: sync %s: %w", wal, noSpace(err))
 	}
+	s.walSyncs.Add(1)
 	lock := int(s.lockFile.Fd())
 	if id != "" {
 		var rec [walIDLen]byte
@@ -322,7 +304,7 @@ func (s *Store) syncWAL() error {
 	if err != nil {
 		return fmt.Errorf("database: sync %s: %w", s.root, noSpace(err))
 	}
-	s.dirSyncs++
+	s.dirSyncs.Add(1)
 	if id != "" {
 		// Unsynced, like the rest of the file: see above.
 		_, _ = unix.Pwrite(lock, []byte(id), walIDOffset)
@@ -365,14 +347,15 @@ func walFileID(fd int) string {
 // connection, for the process that runs it again and again.
 type stmtCache struct {
 	db      *sql.DB
+	durable func() error // makes a commit durable: Exec calls it after one
 	mu      sync.Mutex
 	m       map[string]*sql.Stmt
 	txSeen  map[string]bool // queries run in a transaction without a statement
 	pending []string        // queries to prepare once the transaction ends
 }
 
-func newStmtCache(db *sql.DB) *stmtCache {
-	return &stmtCache{db: db, m: make(map[string]*sql.Stmt), txSeen: make(map[string]bool)}
+func newStmtCache(db *sql.DB, durable func() error) *stmtCache {
+	return &stmtCache{db: db, durable: durable, m: make(map[string]*sql.Stmt), txSeen: make(map[string]bool)}
 }
 
 // stmt returns the prepared statement of q, nil when it cannot be
@@ -444,7 +427,18 @@ func (c *stmtCache) Query(q string, args ...any) (*sql.Rows, error) {
 	return c.db.Query(q, args...)
 }
 
+// Exec runs q as a transaction of its own and makes it durable.
 func (c *stmtCache) Exec(q string, args ...any) (sql.Result, error) {
+	res, err := c.execUnsynced(q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return res, c.durable()
+}
+
+// execUnsynced runs q as a transaction of its own that does not wait for
+// the disk (see txUnsynced).
+func (c *stmtCache) execUnsynced(q string, args ...any) (sql.Result, error) {
 	if st := c.stmt(q); st != nil {
 		return st.Exec(args...)
 	}
@@ -491,7 +485,7 @@ func (s *Store) meta(key string) (string, error) {
 }
 
 func (s *Store) setMeta(key, value string) error {
-	_, err := s.db.Exec(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	_, err := s.q.Exec(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 	if err != nil {
 		return fmt.Errorf("database: record %s: %w", key, noSpace(err))
 	}

@@ -6,10 +6,13 @@
 // processes on the same root (an embedding engine and a shell user at
 // once). What it guarantees, and how:
 //
-//   - Every change to the metadata is one SQLite transaction (WAL mode,
-//     synchronous commits, a busy timeout so that writers of other
-//     processes wait instead of failing). Readers (lookups and lists) never
-//     take the store lock and see the last committed state.
+//   - Every change to the metadata is one SQLite transaction (WAL mode, a
+//     busy timeout so that writers of other processes wait instead of
+//     failing). A change that must survive a power loss is synced before
+//     the call returns (the write-ahead log, and its directory entry once
+//     per log file); mount counts and marks that recovery reads anyway are
+//     not. Readers (lookups and lists) never take the store lock and see
+//     the last committed state.
 //   - A store-wide lock, flock on ROOT/store.lock plus a mutex inside the
 //     process, serialises everything that changes driver state together
 //     with its rows: creating and removing layers, mounting, unmounting.

@@ -354,7 +354,11 @@ func (s *Store) dropLayer(id string) error {
 		return err
 	}
 	s.crashPoint("drop-data-removed")
-	_, err := s.q.Exec(`DELETE FROM layers WHERE id = ?`, id)
+	// Unsynced: a power loss that takes the delete back leaves the row
+	// marked as before (incomplete or removing) without its data, as a
+	// kill right here does, and Open's recovery drops it again. The next
+	// durable commit syncs the delete with itself.
+	_, err := s.q.execUnsynced(`DELETE FROM layers WHERE id = ?`, id)
 	return noSpace(err)
 }
 

@@ -197,8 +197,9 @@ type Store struct {
 	// reconciling with the kernel (see lockState); set only while it
 	// runs.
 	mountsTrusted bool
-	// dirSyncs counts syncWAL's syncs of the root directory, for tests.
-	dirSyncs int
+	// walSyncs and dirSyncs count syncWAL's syncs of the write-ahead log
+	// and of the root directory, for tests.
+	walSyncs, dirSyncs atomic.Int64
 
 	// mu serialises mutations inside the process; the flock on lockFile
 	// serialises them between processes (flock does not exclude
@@ -287,7 +288,7 @@ func (s *Store) open(want string, driverOpts map[string]string) (err error) {
 	if s.db, err = openDB(dbPath); err != nil {
 		return err
 	}
-	s.q = newStmtCache(s.db)
+	s.q = newStmtCache(s.db, s.syncWAL)
 	st, err := readState(s.db)
 	if err != nil {
 		return err
