@@ -82,6 +82,9 @@ func testFlow(t *testing.T, r *root) {
 	if out := r.ok(t, "--quiet", "images"); out != img.id[:12]+"\n" {
 		t.Fatalf("images -q: %q", out)
 	}
+	if out := r.ok(t, "images", "-a"); out != strings.Join(table, "\n")+"\n" {
+		t.Fatalf("images -a (docker's habit) differs from images:\n%s", out)
+	}
 
 	// create: prints the ID bare.
 	out := r.ok(t, "create", "--name", "c1", "localhost/busybox:fixture")
@@ -141,6 +144,9 @@ func testFlow(t *testing.T, r *root) {
 	if len(table) != 2 || !regexp.MustCompile(`^CONTAINER ID\s+IMAGE\s+NAME\s+MOUNTED\s+CREATED\s+STATUS$`).MatchString(table[0]) ||
 		!regexp.MustCompile(`^`+cid[:12]+`\s+localhost/busybox:fixture\s+c1\s+yes\s+.* ago\s+created$`).MatchString(table[1]) {
 		t.Fatalf("ps table:\n%s", strings.Join(table, "\n"))
+	}
+	if out := r.ok(t, "ps", "--all"); out != strings.Join(table, "\n")+"\n" {
+		t.Fatalf("ps --all (docker's habit) differs from ps:\n%s", out)
 	}
 
 	// diff, with git's quoting.

@@ -52,6 +52,7 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 		}),
 	}
 	lf.add(ps, true)
+	acceptAll(ps, "container")
 
 	var name string
 	create := &cobra.Command{

@@ -32,6 +32,14 @@ func (l *listFlags) add(cmd *cobra.Command, ids bool) {
 	}
 }
 
+// acceptAll registers -a/--all on a list verb whose docker namesake hides
+// entries without it (stopped containers, intermediate images). Here
+// every entry is always listed, so the flag changes nothing; it is
+// accepted so that the habit does not end in a usage error.
+func acceptAll(cmd *cobra.Command, what string) {
+	cmd.Flags().BoolP("all", "a", false, "accepted for docker's habit: every "+what+" is always listed")
+}
+
 // json reports whether JSON was asked for; a value other than table or
 // json is a usage error.
 func (l *listFlags) json() (bool, error) {

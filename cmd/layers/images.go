@@ -52,6 +52,7 @@ func (a *app) addImageCommands(root *cobra.Command) {
 		}),
 	}
 	lf.add(images, true)
+	acceptAll(images, "image")
 
 	tag := &cobra.Command{
 		Use:   "tag IMAGE REF",
