@@ -74,7 +74,7 @@ func (a *app) addAdminCommands(root *cobra.Command) {
 			return t.flush()
 		}),
 	}
-	infoFlags.add(info, false)
+	infoFlags.add(info)
 
 	var checkFlags listFlags
 	var digests, repair bool
@@ -132,7 +132,7 @@ layers with everything that depends on them (images, containers).`,
 			return nil
 		}),
 	}
-	checkFlags.add(check, false)
+	checkFlags.add(check)
 	check.Flags().BoolVar(&digests, "digests", false, "recompute every image layer's diff ID")
 	check.Flags().BoolVar(&repair, "repair", false, "fix what is found, removing damaged layers and what depends on them")
 
@@ -161,7 +161,7 @@ layers with everything that depends on them (images, containers).`,
 			return err
 		}),
 	}
-	pruneFlags.add(prune, false)
+	pruneFlags.add(prune)
 
 	root.AddCommand(info, check, prune)
 }

@@ -82,6 +82,9 @@ func testFlow(t *testing.T, r *root) {
 	if out := r.ok(t, "--quiet", "images"); out != img.id[:12]+"\n" {
 		t.Fatalf("images -q: %q", out)
 	}
+	if out, want := r.ok(t, "images", "--format", `{{.ID}} {{join .Names ","}} {{len .Layers}}`), img.id+" "+img.name+" 1\n"; out != want {
+		t.Fatalf("images --format template: %q, want %q", out, want)
+	}
 	if out := r.ok(t, "images", "-a"); out != strings.Join(table, "\n")+"\n" {
 		t.Fatalf("images -a (docker's habit) differs from images:\n%s", out)
 	}
@@ -145,6 +148,9 @@ func testFlow(t *testing.T, r *root) {
 		!regexp.MustCompile(`^`+cid[:12]+`\s+localhost/busybox:fixture\s+c1\s+yes\s+.* ago\s+created$`).MatchString(table[1]) {
 		t.Fatalf("ps table:\n%s", strings.Join(table, "\n"))
 	}
+	if out, want := r.ok(t, "ps", "--format", "{{.ID}}\t{{.Name}} {{.Mounted}} {{upper .Status}}"), cid+"\tc1 true CREATED\n"; out != want {
+		t.Fatalf("ps --format template: %q, want %q", out, want)
+	}
 	if out := r.ok(t, "ps", "--all"); out != strings.Join(table, "\n")+"\n" {
 		t.Fatalf("ps --all (docker's habit) differs from ps:\n%s", out)
 	}
@@ -173,6 +179,16 @@ func testFlow(t *testing.T, r *root) {
 	if len(table) != 3 || !strings.HasPrefix(table[0], "LAYER ID") || !strings.HasPrefix(table[1], img.layer[:12]+" ") ||
 		!strings.Contains(table[2], " "+img.layer[:12]+" ") || !strings.Contains(table[2], "container") {
 		t.Fatalf("layers table:\n%s", strings.Join(table, "\n"))
+	}
+	// {{json .}} is the entry as --format json prints it, on one line.
+	var fromTemplate []layerJSON
+	for _, line := range lines(r.ok(t, "layers", "--format", "{{json .}}")) {
+		var l layerJSON
+		decode(t, line, &l)
+		fromTemplate = append(fromTemplate, l)
+	}
+	if len(fromTemplate) != len(ls) || fromTemplate[0].ID != ls[0].ID || fromTemplate[1].Kind != ls[1].Kind {
+		t.Fatalf("layers --format '{{json .}}': %+v, want %+v", fromTemplate, ls)
 	}
 
 	// inspect: one array, an object per argument, each typed.

@@ -51,7 +51,7 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 			return a.printContainers(st, cs, &lf, asJSON)
 		}),
 	}
-	lf.add(ps, true)
+	lf.addList(ps, containerJSON{})
 	acceptAll(ps, "container")
 
 	var name string
@@ -145,12 +145,12 @@ quotes with C escapes, as git does.`,
 }
 
 func (a *app) printContainers(st *store.Store, cs []*store.Container, lf *listFlags, asJSON bool) error {
-	if asJSON {
+	if asJSON || lf.tmpl != nil {
 		out := make([]containerJSON, 0, len(cs))
 		for _, c := range cs {
 			out = append(out, toContainerJSON(c))
 		}
-		return writeJSON(a.stdout, out)
+		return printEntries(a.stdout, lf, out)
 	}
 	if a.quiet {
 		for _, c := range cs {

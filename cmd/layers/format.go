@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,20 +19,31 @@ import (
 type listFlags struct {
 	format  string
 	noTrunc bool
+	// entry is a zero entry of a list verb (its JSON type), for which
+	// --format may also be a Go template; nil for other verbs.
+	entry any
+	tmpl  *template.Template // --format as a template, once checked
 }
 
-// add registers --format and, for verbs that show IDs, --no-trunc. The
-// format is checked before the verb runs (and opens the store): a bad
-// one is a usage error.
-func (l *listFlags) add(cmd *cobra.Command, ids bool) {
+// add registers --format. The format is checked before the verb runs
+// (and opens the store): a bad one is a usage error.
+func (l *listFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&l.format, "format", "table", "output `FORMAT`: table or json")
 	cmd.PreRunE = func(*cobra.Command, []string) error {
 		_, err := l.json()
 		return err
 	}
-	if ids {
-		cmd.Flags().BoolVar(&l.noTrunc, "no-trunc", false, "print IDs and digests in full")
-	}
+}
+
+// addList registers the flags of a verb that lists entries like entry
+// (its JSON type): --format, which may also be a Go template run for each
+// entry over its fields (docker's and podman's `--format '{{.ID}}'`), and
+// --no-trunc.
+func (l *listFlags) addList(cmd *cobra.Command, entry any) {
+	l.entry = entry
+	l.add(cmd)
+	cmd.Flags().Lookup("format").Usage = "output `FORMAT`: table, json, or a Go template run for each entry over its JSON fields by Go name (" + fieldNames(entry) + ")"
+	cmd.Flags().BoolVar(&l.noTrunc, "no-trunc", false, "print IDs and digests in full")
 }
 
 // acceptAll registers -a/--all on a list verb whose docker namesake hides
@@ -41,7 +55,8 @@ func acceptAll(cmd *cobra.Command, what string) {
 }
 
 // json reports whether JSON was asked for; a value other than table or
-// json is a usage error.
+// json (or, on a list verb, a template that runs on an empty entry) is a
+// usage error.
 func (l *listFlags) json() (bool, error) {
 	switch l.format {
 	case "table", "":
@@ -49,7 +64,66 @@ func (l *listFlags) json() (bool, error) {
 	case "json":
 		return true, nil
 	}
-	return false, usagef("--format %q: want table or json", l.format)
+	if l.entry == nil || !strings.Contains(l.format, "{{") {
+		want := "table or json"
+		if l.entry != nil {
+			want = "table, json or a Go template such as '{{.ID}}'"
+		}
+		return false, usagef("--format %q: want %s", l.format, want)
+	}
+	if l.tmpl == nil {
+		t, err := template.New("format").Funcs(templateFuncs).Parse(l.format)
+		if err == nil {
+			// An unknown field fails here, once, not half-way through
+			// the list.
+			err = t.Execute(io.Discard, l.entry)
+		}
+		if err != nil {
+			return false, usagef("--format %q: %v (fields: %s)", l.format, err, fieldNames(l.entry))
+		}
+		l.tmpl = t
+	}
+	return false, nil
+}
+
+// templateFuncs are the functions of docker's --format templates that
+// apply here: {{json .}}, {{join .Names ","}}, {{upper .Kind}}.
+var templateFuncs = template.FuncMap{
+	"json": func(v any) (string, error) {
+		b, err := json.Marshal(v)
+		return string(b), err
+	},
+	"join":  strings.Join,
+	"upper": strings.ToUpper,
+	"lower": strings.ToLower,
+}
+
+// printEntries prints entries as JSON, or with the --format template once
+// each, a line each.
+func printEntries[T any](w io.Writer, l *listFlags, entries []T) error {
+	if l.tmpl == nil {
+		return writeJSON(w, entries)
+	}
+	bw := bufio.NewWriter(w)
+	for _, e := range entries {
+		if err := l.tmpl.Execute(bw, e); err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+		bw.WriteByte('\n')
+	}
+	return bw.Flush()
+}
+
+// fieldNames lists the exported fields of struct v, for --format's help.
+func fieldNames(v any) string {
+	t := reflect.TypeOf(v)
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		if f := t.Field(i); f.IsExported() {
+			names = append(names, "."+f.Name)
+		}
+	}
+	return strings.Join(names, " ")
 }
 
 // id shortens a 64-hex ID (or "sha256:" digest) to 12 characters, as

@@ -51,7 +51,7 @@ func (a *app) addImageCommands(root *cobra.Command) {
 			return a.printImages(imgs, &lf, asJSON)
 		}),
 	}
-	lf.add(images, true)
+	lf.addList(images, imageJSON{})
 	acceptAll(images, "image")
 
 	tag := &cobra.Command{
@@ -123,12 +123,12 @@ func joinOneLine(errs []error) error {
 }
 
 func (a *app) printImages(imgs []*store.Image, lf *listFlags, asJSON bool) error {
-	if asJSON {
+	if asJSON || lf.tmpl != nil {
 		out := make([]imageJSON, 0, len(imgs))
 		for _, img := range imgs {
 			out = append(out, toImageJSON(img))
 		}
-		return writeJSON(a.stdout, out)
+		return printEntries(a.stdout, lf, out)
 	}
 	if a.quiet {
 		for _, img := range imgs {

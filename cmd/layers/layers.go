@@ -46,7 +46,7 @@ func (a *app) addLayerCommands(root *cobra.Command) {
 			return a.printLayers(ls, &lf, asJSON)
 		}),
 	}
-	lf.add(list, true)
+	lf.addList(list, layerJSON{})
 
 	layer := &cobra.Command{
 		Use:   "layer",
@@ -107,12 +107,12 @@ matches); a read-write layer is exported from its current content.`,
 }
 
 func (a *app) printLayers(ls []*store.Layer, lf *listFlags, asJSON bool) error {
-	if asJSON {
+	if asJSON || lf.tmpl != nil {
 		out := make([]layerJSON, 0, len(ls))
 		for _, l := range ls {
 			out = append(out, toLayerJSON(l))
 		}
-		return writeJSON(a.stdout, out)
+		return printEntries(a.stdout, lf, out)
 	}
 	if a.quiet {
 		for _, l := range ls {

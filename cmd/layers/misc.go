@@ -68,7 +68,7 @@ func (a *app) addMiscCommands(root *cobra.Command) {
 			return nil
 		}),
 	}
-	vf.add(version, false)
+	vf.add(version)
 
 	completion := &cobra.Command{
 		Use:   "completion bash|zsh|fish",
