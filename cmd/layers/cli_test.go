@@ -327,3 +327,48 @@ func tarNames(t *testing.T, b []byte) []string {
 		names = append(names, strings.TrimSuffix(h.Name, "/"))
 	}
 }
+
+// `images REF` lists what docker's does: the names in REF's repository,
+// any tag, or with a tag the one name; an image is listed by the rows of
+// its names that match, and JSON gives each matching image whole.
+func TestImagesFilter(t *testing.T) {
+	r := newRoot(t, "vfs")
+	img := importFixture(t, r, "localhost/busybox:fixture", "sh")
+	r.ok(t, "tag", "localhost/busybox:fixture", "localhost/busybox:other")
+	r.ok(t, "tag", "localhost/busybox:fixture", "example.com/elsewhere:1")
+	rows := func(args ...string) []string {
+		t.Helper()
+		var out []string
+		for _, l := range lines(r.ok(t, append([]string{"images"}, args...)...))[1:] {
+			f := strings.Fields(l)
+			out = append(out, f[0]+":"+f[1]+" "+f[2])
+		}
+		slices.Sort(out)
+		return out
+	}
+	id := img.id[:12]
+	for _, c := range []struct {
+		ref  string
+		want []string
+	}{
+		{"localhost/busybox", []string{"localhost/busybox:fixture " + id, "localhost/busybox:other " + id}},
+		{"localhost/busybox:other", []string{"localhost/busybox:other " + id}},
+		{"example.com/elsewhere", []string{"example.com/elsewhere:1 " + id}},
+		{"localhost/busybox:nope", nil},
+		{"busybox", nil}, // docker.io/library/busybox, another repository
+	} {
+		if got := rows(c.ref); !slices.Equal(got, c.want) {
+			t.Errorf("images %s: %q, want %q", c.ref, got, c.want)
+		}
+	}
+	var imgs []imageJSON
+	decode(t, r.ok(t, "images", "--format", "json", "example.com/elsewhere"), &imgs)
+	if len(imgs) != 1 || imgs[0].ID != img.id || len(imgs[0].Names) != 3 {
+		t.Fatalf("images --format json example.com/elsewhere: %+v, want the image with its 3 names", imgs)
+	}
+	decode(t, r.ok(t, "images", "--format", "json", "localhost/busybox:nope"), &imgs)
+	if len(imgs) != 0 {
+		t.Fatalf("images --format json of a name nobody has: %+v", imgs)
+	}
+	r.fails(t, `invalid name "Bad::"`, "images", "Bad::")
+}

@@ -36,10 +36,10 @@ func toImageJSON(img *store.Image) imageJSON {
 func (a *app) addImageCommands(root *cobra.Command) {
 	var lf listFlags
 	images := &cobra.Command{
-		Use:   "images",
-		Short: "List images",
-		Args:  cobra.NoArgs,
-		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, _ []string) error {
+		Use:   "images [REPOSITORY[:TAG]]",
+		Short: "List images, or those named in a repository (with a tag or digest: that name)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: a.verb(true, func(cmd *cobra.Command, st *store.Store, args []string) error {
 			asJSON, err := lf.json()
 			if err != nil {
 				return err
@@ -48,8 +48,16 @@ func (a *app) addImageCommands(root *cobra.Command) {
 			if err != nil {
 				return fmt.Errorf("list images: %w", err)
 			}
-			return a.printImages(imgs, &lf, asJSON)
+			var keep func(name string) bool
+			if len(args) == 1 {
+				if keep, err = nameFilter(args[0]); err != nil {
+					return err
+				}
+				imgs = slices.DeleteFunc(imgs, func(img *store.Image) bool { return !slices.ContainsFunc(img.Names, keep) })
+			}
+			return a.printImages(imgs, &lf, asJSON, keep)
 		}),
+		ValidArgsFunction: a.completeImages,
 	}
 	lf.addList(images, imageJSON{})
 	acceptAll(images, "image")
@@ -122,7 +130,25 @@ func joinOneLine(errs []error) error {
 	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(errs)-1, strings.Join(msgs[1:], "; "))
 }
 
-func (a *app) printImages(imgs []*store.Image, lf *listFlags, asJSON bool) error {
+// nameFilter returns what `images REF` keeps, as docker's does: the names
+// in REF's repository, any tag, or the very name REF normalises to when
+// it has a tag or a digest.
+func nameFilter(ref string) (func(name string) bool, error) {
+	full, err := store.NormalizeName(ref)
+	if err != nil {
+		return nil, err
+	}
+	name, _, digested := strings.Cut(ref, "@")
+	if digested || strings.LastIndexByte(name, ':') > strings.LastIndexByte(name, '/') {
+		return func(n string) bool { return n == full }, nil
+	}
+	repo, _ := splitName(full)
+	return func(n string) bool { r, _ := splitName(n); return r == repo }, nil
+}
+
+// printImages prints imgs; the table rows only the names keep accepts
+// (all when keep is nil), JSON and templates each image whole.
+func (a *app) printImages(imgs []*store.Image, lf *listFlags, asJSON bool, keep func(name string) bool) error {
 	if asJSON || lf.tmpl != nil {
 		out := make([]imageJSON, 0, len(imgs))
 		for _, img := range imgs {
@@ -144,6 +170,9 @@ func (a *app) printImages(imgs []*store.Image, lf *listFlags, asJSON bool) error
 			names = []string{""}
 		}
 		for _, n := range names {
+			if keep != nil && !keep(n) {
+				continue
+			}
 			repo, tag := splitName(n)
 			t.row(repo, tag, lf.id(img.ID), ago(img.Created, now), humanSize(img.Size), fmt.Sprint(len(img.Layers)))
 		}
