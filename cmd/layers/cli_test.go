@@ -372,3 +372,39 @@ func TestImagesFilter(t *testing.T) {
 	}
 	r.fails(t, `invalid name "Bad::"`, "images", "Bad::")
 }
+
+// ps --filter, as docker's: the values of one key are alternatives,
+// different keys must all match.
+func TestPsFilter(t *testing.T) {
+	r := newRoot(t, "vfs")
+	importFixture(t, r, "localhost/busybox:fixture", "sh")
+	web := strings.TrimSpace(r.ok(t, "create", "--name", "web-1", "localhost/busybox:fixture"))
+	db := strings.TrimSpace(r.ok(t, "create", "--name", "db", "localhost/busybox:fixture"))
+	r.ok(t, "mount", "web-1")
+	for _, c := range []struct {
+		filters []string
+		want    []string
+	}{
+		{[]string{"name=web"}, []string{web}},
+		{[]string{"mounted=true"}, []string{web}},
+		{[]string{"mounted=false"}, []string{db}},
+		{[]string{"id=" + db[:8]}, []string{db}},
+		{[]string{"image=localhost/busybox:fixture"}, []string{web, db}},
+		{[]string{"image=localhost/nothing:here"}, nil},
+		{[]string{"name=web", "name=db"}, []string{web, db}},
+		{[]string{"name=web", "mounted=false"}, nil},
+		{[]string{"status=created", "name=d"}, []string{db}},
+		{[]string{"status=exited"}, nil},
+	} {
+		args := []string{"ps", "--no-trunc", "-q"}
+		for _, f := range c.filters {
+			args = append(args, "--filter", f)
+		}
+		got := lines(r.ok(t, args...))
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(c.want))
+		if !slices.Equal(got, want) {
+			t.Errorf("ps --filter %v: %q, want %q", c.filters, got, want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,6 +36,8 @@ func toContainerJSON(c *store.Container) containerJSON {
 
 func (a *app) addContainerCommands(root *cobra.Command) {
 	var lf listFlags
+	var filterArgs []string
+	var filter containerFilter
 	ps := &cobra.Command{
 		Use:   "ps",
 		Short: "List containers",
@@ -48,11 +51,28 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 			if err != nil {
 				return fmt.Errorf("list containers: %w", err)
 			}
+			if len(filter) > 0 {
+				imageIDs, err := filter.images(st)
+				if err != nil {
+					return fmt.Errorf("list containers: %w", err)
+				}
+				cs = slices.DeleteFunc(cs, func(c *store.Container) bool { return !filter.match(c, imageIDs) })
+			}
 			return a.printContainers(st, cs, &lf, asJSON)
 		}),
 	}
 	lf.addList(ps, containerJSON{})
 	acceptAll(ps, "container")
+	ps.Flags().StringArrayVarP(&filterArgs, "filter", "f", nil,
+		"list only containers that match `KEY=VALUE` (repeatable; the values of one key are alternatives, different keys must all match): "+filterHelp())
+	checkFormat := ps.PreRunE
+	ps.PreRunE = func(cmd *cobra.Command, args []string) error {
+		var err error
+		if filter, err = parseContainerFilter(filterArgs); err != nil {
+			return err
+		}
+		return checkFormat(cmd, args)
+	}
 
 	var name string
 	create := &cobra.Command{

@@ -27,6 +27,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"rm"}, "requires at least 1 arg(s)", "layers rm"},
 		{[]string{"images", "a", "b"}, "accepts at most 1 arg(s), received 2", "layers images"},
 		{[]string{"ps", "extra"}, `unknown command "extra"`, "layers ps"},
+		{[]string{"ps", "--filter", "foo=bar"}, `--filter "foo=bar": want KEY=VALUE, KEY one of id, image, mounted, name, status`, "layers ps"},
+		{[]string{"ps", "-f", "mounted=maybe"}, `--filter "mounted=maybe": want true or false`, "layers ps"},
 		{[]string{"ps", "--format", "xml"}, `--format "xml": want table, json or a Go template such as '{{.ID}}'`, "layers ps"},
 		{[]string{"ps", "--format", "{{.Nope}}"}, `can't evaluate field Nope`, "layers ps"},
 		{[]string{"images", "--format", "{{.ID"}, `unclosed action (fields: .ID .Names`, "layers images"},
