@@ -408,3 +408,52 @@ func TestPsFilter(t *testing.T) {
 		}
 	}
 }
+
+// umount -a, rm -a and rmi -a, as podman's: every mounted container,
+// every container, every image.
+func TestAllFlags(t *testing.T) {
+	r := newRoot(t, "overlay")
+	importFixture(t, r, "localhost/busybox:fixture", "sh")
+	r.ok(t, "tag", "localhost/busybox:fixture", "localhost/busybox:second")
+	for _, name := range []string{"c1", "c2", "c3"} {
+		r.ok(t, "create", "--name", name, "localhost/busybox:fixture")
+	}
+	r.ok(t, "mount", "c1")
+	r.ok(t, "mount", "c2")
+	mounted := func() (n int) {
+		t.Helper()
+		var cs []containerJSON
+		decode(t, r.ok(t, "ps", "--format", "json"), &cs)
+		for _, c := range cs {
+			if c.Mounted {
+				n++
+			}
+		}
+		return n
+	}
+	if n := mounted(); n != 2 {
+		t.Fatalf("%d containers mounted, want 2", n)
+	}
+	if out := r.ok(t, "umount", "-a"); out != "" || mounted() != 0 {
+		t.Fatalf("umount -a: printed %q, %d containers still mounted", out, mounted())
+	}
+	checkUsage(t, r.exec(t, nil, "rm", "-a", "c1"), "--all takes no arguments", "layers rm")
+	checkUsage(t, r.exec(t, nil, "umount", "-a", "c1"), "--all takes no arguments", "layers umount")
+	checkUsage(t, r.exec(t, nil, "rmi"), "requires at least 1 arg(s)", "layers rmi")
+	// Images that containers use stay, as with rmi IMAGE.
+	r.fails(t, "in use", "rmi", "-a")
+	if out := r.ok(t, "images", "-q"); out == "" {
+		t.Fatal("rmi -a without -f removed an image that containers use")
+	}
+	r.ok(t, "rm", "-a")
+	if out := r.ok(t, "ps", "-q"); out != "" {
+		t.Fatalf("ps after rm -a: %q", out)
+	}
+	r.ok(t, "rmi", "-a")
+	if out := r.ok(t, "images", "-q") + r.ok(t, "layers", "-q"); out != "" {
+		t.Fatalf("images and layers after rmi -a: %q", out)
+	}
+	if out := r.ok(t, "check"); !strings.Contains(out, "no problems") {
+		t.Fatalf("check after rmi -a: %q", out)
+	}
+}

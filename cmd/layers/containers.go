@@ -91,12 +91,18 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 	}
 	create.Flags().StringVar(&name, "name", "", "the container's `NAME`")
 
-	var rmForce bool
+	var rmForce, rmAll bool
 	rm := &cobra.Command{
-		Use:   "rm [-f] CONTAINER...",
+		Use:   "rm [-f] (CONTAINER... | -a)",
 		Short: "Remove containers (unmounting them first)",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  argsOrAll(&rmAll),
 		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			if rmAll {
+				var err error
+				if args, err = containerIDs(st, false); err != nil {
+					return err
+				}
+			}
 			var errs []error
 			for _, ref := range args {
 				if err := st.RemoveContainer(ref, rmForce); err != nil {
@@ -108,6 +114,7 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 		ValidArgsFunction: a.completeContainers,
 	}
 	rm.Flags().BoolVarP(&rmForce, "force", "f", false, "detach a mount that stays busy")
+	rm.Flags().BoolVarP(&rmAll, "all", "a", false, "remove every container")
 
 	mount := &cobra.Command{
 		Use:   "mount CONTAINER",
@@ -127,18 +134,36 @@ is undone by one umount.`,
 		ValidArgsFunction: a.completeContainers,
 	}
 
-	var umountForce bool
+	var umountForce, umountAll bool
 	umount := &cobra.Command{
-		Use:     "umount [-f] CONTAINER",
+		Use:     "umount [-f] (CONTAINER | -a)",
 		Aliases: []string{"unmount"},
-		Short:   "Undo one mount of a container (-f: all of them)",
-		Args:    cobra.ExactArgs(1),
+		Short:   "Undo one mount of a container (-f: all of them; -a: of every mounted container)",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if umountAll {
+				return argsOrAll(&umountAll)(cmd, args)
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
-			return st.Unmount(args[0], umountForce)
+			if umountAll {
+				var err error
+				if args, err = containerIDs(st, true); err != nil {
+					return err
+				}
+			}
+			var errs []error
+			for _, ref := range args {
+				if err := st.Unmount(ref, umountForce); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			return joinOneLine(errs)
 		}),
 		ValidArgsFunction: a.completeContainers,
 	}
 	umount.Flags().BoolVarP(&umountForce, "force", "f", false, "undo every mount, detaching a busy one")
+	umount.Flags().BoolVarP(&umountAll, "all", "a", false, "unmount every mounted container")
 
 	diff := &cobra.Command{
 		Use:   "diff CONTAINER",
@@ -221,4 +246,32 @@ func (a *app) completeContainers(_ *cobra.Command, _ []string, _ string) ([]stri
 		out = append(out, shortID(c.ID))
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// argsOrAll accepts one or more arguments, or none with --all (*all).
+func argsOrAll(all *bool) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if *all && len(args) > 0 {
+			return usagef("--all takes no arguments")
+		}
+		if *all {
+			return nil
+		}
+		return cobra.MinimumNArgs(1)(cmd, args)
+	}
+}
+
+// containerIDs returns the IDs of every container, or of the mounted ones.
+func containerIDs(st *store.Store, mountedOnly bool) ([]string, error) {
+	cs, err := st.Containers()
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var ids []string
+	for _, c := range cs {
+		if c.Mounted || !mountedOnly {
+			ids = append(ids, c.ID)
+		}
+	}
+	return ids, nil
 }

@@ -72,9 +72,9 @@ func (a *app) addImageCommands(root *cobra.Command) {
 		ValidArgsFunction: a.completeImages,
 	}
 
-	var force bool
+	var force, all bool
 	rmi := &cobra.Command{
-		Use:   "rmi [-f] IMAGE...",
+		Use:   "rmi [-f] (IMAGE... | -a)",
 		Short: "Remove images (an image's ID removes all its names; one of several names only untags)",
 		Long: `Remove images and the layers that nothing else uses.
 
@@ -82,8 +82,18 @@ IMAGE is an ID, a unique ID prefix, a name or a digest. An image that a
 container uses is refused unless -f, which removes the image record and
 leaves the container its layers. Naming one of several names of an image
 removes that name only, as docker does.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: argsOrAll(&all),
 		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
+			if all {
+				imgs, err := st.Images()
+				if err != nil {
+					return fmt.Errorf("list images: %w", err)
+				}
+				args = args[:0]
+				for _, img := range imgs {
+					args = append(args, img.ID)
+				}
+			}
 			var errs []error
 			for _, ref := range args {
 				if err := removeImage(st, ref, force); err != nil {
@@ -95,6 +105,7 @@ removes that name only, as docker does.`,
 		ValidArgsFunction: a.completeImages,
 	}
 	rmi.Flags().BoolVarP(&force, "force", "f", false, "remove images that containers use")
+	rmi.Flags().BoolVarP(&all, "all", "a", false, "remove every image")
 
 	root.AddCommand(images, tag, rmi)
 }
