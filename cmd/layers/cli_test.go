@@ -407,6 +407,10 @@ func TestPsFilter(t *testing.T) {
 			t.Errorf("ps --filter %v: %q, want %q", c.filters, got, want)
 		}
 	}
+	if res := r.exec(t, nil, "__complete", "ps", "--filter", ""); res.code != 0 ||
+		!strings.Contains(res.stdout, "name=\n") || !strings.Contains(res.stdout, "status=exited\n") || !strings.Contains(res.stdout, "mounted=true\n") {
+		t.Fatalf("completion of ps --filter: %s", res)
+	}
 }
 
 // umount -a, rm -a and rmi -a, as podman's: every mounted container,

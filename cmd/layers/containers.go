@@ -65,6 +65,9 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 	acceptAll(ps, "container")
 	ps.Flags().StringArrayVarP(&filterArgs, "filter", "f", nil,
 		"list only containers that match `KEY=VALUE` (repeatable; the values of one key are alternatives, different keys must all match): "+filterHelp())
+	_ = ps.RegisterFlagCompletionFunc("filter", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return filterCompletions(), cobra.ShellCompDirectiveNoSpace | cobra.ShellCompDirectiveNoFileComp
+	})
 	checkFormat := ps.PreRunE
 	ps.PreRunE = func(cmd *cobra.Command, args []string) error {
 		var err error

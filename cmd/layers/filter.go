@@ -32,9 +32,7 @@ func parseContainerFilter(args []string) (containerFilter, error) {
 		if _, known := containerFilterKeys[k]; !ok || !known {
 			return nil, usagef("--filter %q: want KEY=VALUE, KEY one of %s", a, strings.Join(slices.Sorted(maps.Keys(containerFilterKeys)), ", "))
 		}
-		switch {
-		case k == "status" && !slices.Contains([]string{"created", "running", "exited"}, v),
-			k == "mounted" && v != "true" && v != "false":
+		if vs, fixed := filterValues[k]; fixed && !slices.Contains(vs, v) {
 			return nil, usagef("--filter %q: want %s", a, containerFilterKeys[k])
 		}
 		f[k] = append(f[k], v)
@@ -57,6 +55,29 @@ func (f containerFilter) images(st *store.Store) (map[string]bool, error) {
 		ids[img.ID] = true
 	}
 	return ids, nil
+}
+
+// filterValues are the values of the keys that have a fixed set, for
+// parsing and completion.
+var filterValues = map[string][]string{
+	"status":  {"created", "running", "exited"},
+	"mounted": {"true", "false"},
+}
+
+// filterCompletions offers "KEY=" for the open keys and "KEY=VALUE" for
+// those with a fixed set of values.
+func filterCompletions() []string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(containerFilterKeys)) {
+		if vs, ok := filterValues[k]; ok {
+			for _, v := range vs {
+				out = append(out, k+"="+v)
+			}
+			continue
+		}
+		out = append(out, k+"=")
+	}
+	return out
 }
 
 // match reports whether c passes the filter; imageIDs is what images
