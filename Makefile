@@ -3,11 +3,12 @@
 GO        ?= go
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 5m
+CRASH_ROUNDS ?= 1000
 BENCHTIME ?= 3x
 BENCH     ?= .
 PKGS      := ./...
 
-.PHONY: all deps build layers demo test unit lint vet staticcheck fuzz bench clean
+.PHONY: all deps build layers demo test unit lint vet staticcheck fuzz crash bench clean
 
 all: build layers
 
@@ -50,6 +51,13 @@ staticcheck:
 ## campaign spends most of its time minimizing and runs few new inputs.
 fuzz: deps
 	$(GO) test ./diff/ -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 20x
+
+## crash: a longer crash campaign than CI's on the store: its helper
+## process is killed at every named step of applying, creating, removing
+## and committing, then at CRASH_ROUNDS random points per driver, and each
+## time the root must open clean with everything stored before intact.
+crash: deps
+	LAYERS_STORE_CRASH_ROUNDS=$(CRASH_ROUNDS) $(GO) test -count=1 -timeout 120m -run '^TestCrashSafety$$' -v ./store/
 
 ## bench: Go benchmarks (they make their own loop filesystems), with the
 ## GNU tar baseline measured in the same run.
