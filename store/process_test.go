@@ -236,7 +236,7 @@ func mountsUnder(t testing.TB, dir string) []string {
 
 // Eight processes create, mount, unmount and remove containers on one root
 // at once, 50 rounds each (15 for drivers other than the default, unless
-// LAYERS_STORE_LONG is set).
+// LAYERS_STORE_LONG is set; LAYERS_SOAK_ROUNDS sets it for `make soak`).
 func TestConcurrentProcesses(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, driver, root string) {
 		s := open(t, driver, root)
@@ -245,6 +245,9 @@ func TestConcurrentProcesses(t *testing.T) {
 		rounds := 50
 		if !full(driver) {
 			rounds = 15
+		}
+		if n, err := strconv.Atoi(os.Getenv("LAYERS_SOAK_ROUNDS")); err == nil && n > 0 {
+			rounds = n
 		}
 		cmds := make([]*exec.Cmd, procs)
 		outs := make([]*bytes.Buffer, procs)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -12,11 +14,15 @@ import (
 // -short), while a shell user lists. Nothing fails, nothing stays mounted,
 // check is clean. (50 rounds through the binary take a minute of two busy
 // cores; the store's own tests do the 50-round churn in 8 processes.)
+// LAYERS_SOAK_ROUNDS sets the rounds for `make soak`.
 func TestConcurrentCLI(t *testing.T) {
 	const workers = 8
 	rounds := 20
 	if testing.Short() {
 		rounds = 5
+	}
+	if n, err := strconv.Atoi(os.Getenv("LAYERS_SOAK_ROUNDS")); err == nil && n > 0 {
+		rounds = n
 	}
 	r := newRoot(t, "overlay")
 	img := importFixture(t, r, "localhost/busybox:fixture")
