@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -405,6 +406,48 @@ func TestPsFilter(t *testing.T) {
 		want := slices.Sorted(slices.Values(c.want))
 		if !slices.Equal(got, want) {
 			t.Errorf("ps --filter %v: %q, want %q", c.filters, got, want)
+		}
+	}
+	// ancestor= takes images built on the one named, as docker's does;
+	// image= only that image.
+	r.ok(t, "commit", "db", "localhost/derived:1")
+	child := strings.TrimSpace(r.ok(t, "create", "--name", "child", "localhost/derived:1"))
+	for _, c := range []struct {
+		filters []string
+		want    []string
+	}{
+		{[]string{"ancestor=localhost/busybox:fixture"}, []string{web, db, child}},
+		{[]string{"image=localhost/busybox:fixture"}, []string{web, db}},
+		{[]string{"ancestor=localhost/derived:1"}, []string{child}},
+		{[]string{"ancestor=localhost/nothing:here"}, nil},
+	} {
+		args := []string{"ps", "--no-trunc", "-q"}
+		for _, f := range c.filters {
+			args = append(args, "--filter", f)
+		}
+		got := lines(r.ok(t, args...))
+		slices.Sort(got)
+		if want := slices.Sorted(slices.Values(c.want)); !slices.Equal(got, want) {
+			t.Errorf("ps --filter %v: %q, want %q", c.filters, got, want)
+		}
+	}
+	// exited= and status=exited take containers of run whose process ended.
+	if _, err := exec.LookPath("crun"); err == nil {
+		if res := r.exec(t, nil, "run", "--name", "three", "localhost/busybox:fixture", "sh", "-c", "exit 3"); res.code != 3 {
+			t.Fatalf("run: %s", res)
+		}
+		three := r.ok(t, "ps", "--no-trunc", "-q", "-f", "name=three")
+		for _, f := range [][]string{{"exited=3"}, {"status=exited"}, {"exited=0", "exited=3"}} {
+			args := []string{"ps", "--no-trunc", "-q"}
+			for _, v := range f {
+				args = append(args, "-f", v)
+			}
+			if got := r.ok(t, args...); got != three || three == "" {
+				t.Errorf("ps -f %v: %q, want %q", f, got, three)
+			}
+		}
+		if got := r.ok(t, "ps", "-q", "-f", "exited=0"); got != "" {
+			t.Errorf("ps -f exited=0: %q, want none", got)
 		}
 	}
 	if res := r.exec(t, nil, "__complete", "ps", "--filter", ""); res.code != 0 ||

@@ -52,11 +52,11 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 				return fmt.Errorf("list containers: %w", err)
 			}
 			if len(filter) > 0 {
-				imageIDs, err := filter.images(st)
+				m, err := filter.resolve(st)
 				if err != nil {
 					return fmt.Errorf("list containers: %w", err)
 				}
-				cs = slices.DeleteFunc(cs, func(c *store.Container) bool { return !filter.match(c, imageIDs) })
+				cs = slices.DeleteFunc(cs, func(c *store.Container) bool { return !m.match(c) })
 			}
 			return a.printContainers(st, cs, &lf, asJSON)
 		}),
