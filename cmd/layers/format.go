@@ -54,9 +54,9 @@ func acceptAll(cmd *cobra.Command, what string) {
 	cmd.Flags().BoolP("all", "a", false, "accepted for docker's habit: every "+what+" is always listed")
 }
 
-// json reports whether JSON was asked for; a value other than table or
-// json (or, on a list verb, a template that runs on an empty entry) is a
-// usage error.
+// json reports whether JSON was asked for. Anything but table, json or,
+// on a list verb, a Go template that runs on an empty entry is a usage
+// error.
 func (l *listFlags) json() (bool, error) {
 	switch l.format {
 	case "table", "":
