@@ -372,6 +372,21 @@ func TestImagesFilter(t *testing.T) {
 		t.Fatalf("images --format json of a name nobody has: %+v", imgs)
 	}
 	r.fails(t, `invalid name "Bad::"`, "images", "Bad::")
+
+	// dangling=true: images without a name, as docker's (a commit
+	// without REF makes one).
+	r.ok(t, "create", "--name", "c", "localhost/busybox:fixture")
+	nameless := strings.TrimSpace(r.ok(t, "commit", "c"))
+	for _, c := range []struct{ filter, want string }{
+		{"dangling=true", nameless + "\n"},
+		{"dangling=false", img.id + "\n"},
+	} {
+		if got := r.ok(t, "images", "-q", "--no-trunc", "-f", c.filter); got != c.want {
+			t.Errorf("images -f %s: %q, want %q", c.filter, got, c.want)
+		}
+	}
+	checkUsage(t, r.exec(t, nil, "images", "-f", "dangling=maybe"), `--filter "dangling=maybe": want dangling=true or dangling=false`, "layers images")
+	checkUsage(t, r.exec(t, nil, "images", "-f", "reference=x"), `--filter "reference=x"`, "layers images")
 }
 
 // ps --filter, as docker's: the values of one key are alternatives,

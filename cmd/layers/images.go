@@ -35,6 +35,7 @@ func toImageJSON(img *store.Image) imageJSON {
 
 func (a *app) addImageCommands(root *cobra.Command) {
 	var lf listFlags
+	var dangling string
 	images := &cobra.Command{
 		Use:   "images [REPOSITORY[:TAG]]",
 		Short: "List images, or those named in a repository (with a tag or digest: that name)",
@@ -55,12 +56,32 @@ func (a *app) addImageCommands(root *cobra.Command) {
 				}
 				imgs = slices.DeleteFunc(imgs, func(img *store.Image) bool { return !slices.ContainsFunc(img.Names, keep) })
 			}
+			if dangling != "" {
+				imgs = slices.DeleteFunc(imgs, func(img *store.Image) bool { return (len(img.Names) == 0) != (dangling == "true") })
+			}
 			return a.printImages(imgs, &lf, asJSON, keep)
 		}),
 		ValidArgsFunction: a.completeImages,
 	}
 	lf.addList(images, imageJSON{})
 	acceptAll(images, "image")
+	var filters []string
+	images.Flags().StringArrayVarP(&filters, "filter", "f", nil, "list only images that match `KEY=VALUE`: dangling=true (images without a name) or dangling=false")
+	_ = images.RegisterFlagCompletionFunc("filter", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return []string{"dangling=true", "dangling=false"}, cobra.ShellCompDirectiveNoFileComp
+	})
+	checkFormat := images.PreRunE
+	images.PreRunE = func(cmd *cobra.Command, args []string) error {
+		dangling = ""
+		for _, f := range filters {
+			v, ok := strings.CutPrefix(f, "dangling=")
+			if !ok || v != "true" && v != "false" || dangling != "" && dangling != v {
+				return usagef("--filter %q: want dangling=true or dangling=false (once)", f)
+			}
+			dangling = v
+		}
+		return checkFormat(cmd, args)
+	}
 
 	tag := &cobra.Command{
 		Use:   "tag IMAGE REF",
