@@ -192,6 +192,20 @@ func testFlow(t *testing.T, r *root) {
 		t.Fatalf("layers --format '{{json .}}': %+v, want %+v", fromTemplate, ls)
 	}
 
+	// inspect -f: a template per argument, over the fields by Go name.
+	if out, want := r.ok(t, "inspect", "-f", "{{.Type}} {{.ID}} {{.Name}}", "c1"), "container "+cid+" c1\n"; out != want {
+		t.Fatalf("inspect -f: %q, want %q", out, want)
+	}
+	var cfgFromTemplate map[string]any
+	decode(t, r.ok(t, "inspect", "--format", "{{json .Config}}", "localhost/busybox:fixture"), &cfgFromTemplate)
+	if _, ok := cfgFromTemplate["rootfs"]; !ok {
+		t.Fatalf("inspect --format '{{json .Config}}': %v, want the image config", cfgFromTemplate)
+	}
+	if res := r.exec(t, nil, "inspect", "-f", "{{.MountPath}}", "localhost/busybox:fixture"); res.code != 1 || !strings.Contains(res.stderr, "can't evaluate field MountPath") {
+		t.Fatalf("inspect -f with a container's field on an image: %s", res)
+	}
+	checkUsage(t, r.exec(t, nil, "inspect", "-f", "{{.ID", "c1"), "unclosed action", "layers inspect")
+
 	// inspect: one array, an object per argument, each typed.
 	var details []map[string]any
 	decode(t, r.ok(t, "inspect", "c1", "localhost/busybox:fixture", img.layer[:10]), &details)

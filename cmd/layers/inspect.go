@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"text/template"
 
 	"github.com/spf13/cobra"
 
@@ -36,14 +37,29 @@ type (
 )
 
 func (a *app) addInspectCommand(root *cobra.Command) {
+	var format string
+	var tmpl *template.Template
 	inspect := &cobra.Command{
-		Use:   "inspect IMAGE|CONTAINER|LAYER...",
+		Use:   "inspect [-f TEMPLATE] IMAGE|CONTAINER|LAYER...",
 		Short: "Show details of containers, images or layers as JSON",
 		Long: `Show details as one JSON array, an object per argument, each with a
 "type" (container, image or layer). An argument is looked up as a
 container first, then an image, then a layer, each by ID, unique ID
-prefix or name.`,
+prefix or name.
+
+With -f, a Go template runs for each argument instead, over the fields by
+Go name, as docker's: '{{.MountPath}}', '{{json .Config}}'.`,
 		Args: cobra.MinimumNArgs(1),
+		PreRunE: func(*cobra.Command, []string) error {
+			if format == "" {
+				return nil
+			}
+			var err error
+			if tmpl, err = template.New("format").Funcs(templateFuncs).Parse(format); err != nil {
+				return usagef("--format %q: %v", format, err)
+			}
+			return nil
+		},
 		RunE: a.verb(true, func(_ *cobra.Command, st *store.Store, args []string) error {
 			out := make([]any, 0, len(args))
 			for _, ref := range args {
@@ -53,9 +69,10 @@ prefix or name.`,
 				}
 				out = append(out, d)
 			}
-			return writeJSON(a.stdout, out)
+			return printEntries(a.stdout, &listFlags{tmpl: tmpl}, out)
 		}),
 	}
+	inspect.Flags().StringVarP(&format, "format", "f", "", "a Go `TEMPLATE` to run for each argument over its fields by Go name (.Type .ID .Name ... .MountPath .Config), instead of JSON")
 	root.AddCommand(inspect)
 }
 
