@@ -41,6 +41,7 @@ import (
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
 	"github.com/layers-storage/layers/internal/loopfs"
+	"github.com/layers-storage/layers/internal/syncbuf"
 	"github.com/layers-storage/layers/store"
 	_ "github.com/layers-storage/layers/store/all" // every driver
 )
@@ -103,7 +104,7 @@ func startRegistry(t testing.TB, o registryOpts) *testRegistry {
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logBuf syncBuffer
+	var logBuf syncbuf.Buffer
 	cmd := exec.Command(registryBin, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	if err := cmd.Start(); err != nil {
@@ -147,23 +148,6 @@ func startRegistry(t testing.TB, o registryOpts) *testRegistry {
 func (r *testRegistry) blobPath(d digest.Digest) string {
 	e := d.Encoded()
 	return filepath.Join(r.storage, "docker/registry/v2/blobs", string(d.Algorithm()), e[:2], e, "data")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // selfSignedCert writes a certificate for 127.0.0.1 and its key into

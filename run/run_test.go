@@ -17,6 +17,7 @@ import (
 
 	"github.com/layers-storage/layers/diff"
 	"github.com/layers-storage/layers/fixtures"
+	"github.com/layers-storage/layers/internal/syncbuf"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -196,7 +197,7 @@ func testRun(t *testing.T, st *testStore, rt *Runtime, name string) {
 	// each is sent once the process said it handles it.
 	for _, tty := range []bool{false, true} {
 		t.Run(fmt.Sprintf("signals tty=%v", tty), func(t *testing.T) {
-			var out syncBuffer
+			var out syncbuf.Buffer
 			o := Options{Runtime: name, Remove: true, TTY: tty, Stdout: &out, Command: []string{"sh", "-c",
 				`trap "echo usr1" USR1; trap "echo term; exit 42" TERM; echo ready; while :; do sleep 0.05; done`}}
 			o.Started = func(string) {

@@ -1,35 +1,17 @@
 package run
 
 import (
-	"bytes"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layers-storage/layers/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the copy goroutine and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // waitFor polls cond until it holds or 20 s passed.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -104,7 +86,7 @@ func TestRunTTY(t *testing.T) {
 			if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 33, Col: 77}); err != nil {
 				t.Fatal(err)
 			}
-			var out syncBuffer
+			var out syncbuf.Buffer
 			var rawDuring bool
 			o := Options{Runtime: name, Remove: true, TTY: true, Stdin: slave, Stdout: &out}
 			o.Command = []string{"sh", "-c", `stty size; while [ "$(stty size)" != "40 100" ]; do sleep 0.05; done; echo resized; read x; echo "x=$x"; exit 7`}
@@ -149,7 +131,7 @@ func TestRunTTY(t *testing.T) {
 
 			// ^C typed at our (raw) terminal reaches the container's
 			// terminal, which makes it SIGINT for the process.
-			out = syncBuffer{}
+			out = syncbuf.Buffer{}
 			o.Command = []string{"sh", "-c", `trap "echo interrupted; exit 9" INT; echo ready; while :; do sleep 0.05; done`}
 			o.Started = func(string) {
 				waitFor(t, "ready", func() bool { return strings.Contains(out.String(), "ready") })

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/layers-storage/layers/fixtures"
 	"github.com/layers-storage/layers/graphdriver"
 	"github.com/layers-storage/layers/internal/loopfs"
+	"github.com/layers-storage/layers/internal/syncbuf"
 	"github.com/layers-storage/layers/store"
 )
 
@@ -385,7 +385,7 @@ func TestCrashSafety(t *testing.T) {
 		landed := map[string]int{}
 		for i := range rounds {
 			cmd := helperCmd(t, "apply", root)
-			var out lockedBuffer
+			var out syncbuf.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -468,29 +468,4 @@ func TestFullDisk(t *testing.T) {
 			}
 		})
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a helper process writes to while the
-// test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Len()
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
