@@ -106,13 +106,7 @@ func (a *app) addContainerCommands(root *cobra.Command) {
 					return err
 				}
 			}
-			var errs []error
-			for _, ref := range args {
-				if err := st.RemoveContainer(ref, rmForce); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return joinOneLine(errs)
+			return forEachRef(args, func(ref string) error { return st.RemoveContainer(ref, rmForce) })
 		}),
 		ValidArgsFunction: a.completeContainers,
 	}
@@ -155,13 +149,7 @@ is undone by one umount.`,
 					return err
 				}
 			}
-			var errs []error
-			for _, ref := range args {
-				if err := st.Unmount(ref, umountForce); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return joinOneLine(errs)
+			return forEachRef(args, func(ref string) error { return st.Unmount(ref, umountForce) })
 		}),
 		ValidArgsFunction: a.completeContainers,
 	}

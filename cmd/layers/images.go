@@ -115,13 +115,7 @@ removes that name only, as docker does.`,
 					args = append(args, img.ID)
 				}
 			}
-			var errs []error
-			for _, ref := range args {
-				if err := removeImage(st, ref, force); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return joinOneLine(errs)
+			return forEachRef(args, func(ref string) error { return removeImage(st, ref, force) })
 		}),
 		ValidArgsFunction: a.completeImages,
 	}
@@ -144,6 +138,18 @@ func removeImage(st *store.Store, ref string, force bool) error {
 	// By ID from here: the name may have moved meanwhile.
 	_, err = st.RemoveImage(img.ID, force)
 	return err
+}
+
+// forEachRef runs f on every argument, going on past failures, and
+// reports them all in one line.
+func forEachRef(refs []string, f func(ref string) error) error {
+	var errs []error
+	for _, ref := range refs {
+		if err := f(ref); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return joinOneLine(errs)
 }
 
 // joinOneLine makes one error of several, each on the same line, so that
