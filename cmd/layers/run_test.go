@@ -143,6 +143,21 @@ func TestRunCLI(t *testing.T) {
 	}
 }
 
+// startBin starts the binary with args, its stdout read line by line.
+func startBin(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(layersBin, args...)
+	cmd.Env = cleanEnv()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(out)
+}
+
 // TestRunSignal: SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGTERM
 // sent to `layers run` reach the process, with each runtime, with and
 // without -t; the exit status is the process's (its TERM trap exits 3).
@@ -158,16 +173,7 @@ func TestRunSignal(t *testing.T) {
 				if tty {
 					args = append(args, "-t")
 				}
-				cmd := exec.Command(layersBin, append(args, img.name, "sh", "-c", script)...)
-				cmd.Env = cleanEnv()
-				out, err := cmd.StdoutPipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				sc := bufio.NewScanner(out)
+				cmd, sc := startBin(t, append(args, img.name, "sh", "-c", script)...)
 				line := func() string {
 					if !sc.Scan() {
 						return "(EOF)"
@@ -188,7 +194,7 @@ func TestRunSignal(t *testing.T) {
 						t.Fatalf("after SIG%s: %q", s.name, l)
 					}
 				}
-				err = cmd.Wait()
+				err := cmd.Wait()
 				if cmd.ProcessState.ExitCode() != 3 {
 					t.Fatalf("exit %v", err)
 				}
@@ -225,16 +231,8 @@ func TestRunKilled(t *testing.T) {
 				if mode == "rm" {
 					args = append(args[:4], append([]string{"run", "--rm"}, args[5:]...)...)
 				}
-				cmd := exec.Command(layersBin, args...)
-				cmd.Env = cleanEnv()
-				out, err := cmd.StdoutPipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				if sc := bufio.NewScanner(out); !sc.Scan() || sc.Text() != "up" {
+				cmd, sc := startBin(t, args...)
+				if !sc.Scan() || sc.Text() != "up" {
 					t.Fatalf("%s: no output", mode)
 				}
 				_ = cmd.Process.Kill()
