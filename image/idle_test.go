@@ -84,8 +84,7 @@ func TestPullIdleTimeout(t *testing.T) {
 		if n := p.count("GET blob range"); n != 1 {
 			t.Errorf("%d range requests, want 1 (the resume after the stall): %s", n, p)
 		}
-		local := newStore(t, "")
-		fixtures.AssertTreesEqual(t, rootTree(t, local, storeImage(t, local, layers).ID), rootTree(t, st, img.ID), fixtures.IgnorePaths("/"))
+		fixtures.AssertTreesEqual(t, appliedTree(t, layers), rootTree(t, st, img.ID), fixtures.IgnorePaths("/"))
 	})
 
 	t.Run("fails", func(t *testing.T) {

@@ -32,8 +32,7 @@ func TestPullCompressions(t *testing.T) {
 	reg := startRegistry(t, registryOpts{})
 	bb := busybox(t)
 	layers := [][]byte{bb, extraLayer("a"), extraLayer("b")}
-	local := newStore(t, "")
-	want := rootTree(t, local, storeImage(t, local, layers).ID)
+	want := appliedTree(t, layers)
 	ctx := context.Background()
 	cases := []struct {
 		name   string
@@ -419,8 +418,7 @@ func TestPullRetriesCutDownloads(t *testing.T) {
 	if n := p.count("GET blob range"); n != 2 {
 		t.Errorf("%d range requests, want 2 (resumes): %s", n, p)
 	}
-	local := newStore(t, "")
-	fixtures.AssertTreesEqual(t, rootTree(t, local, storeImage(t, local, [][]byte{bb, extraLayer("r")}).ID), rootTree(t, st, img.ID), fixtures.IgnorePaths("/"))
+	fixtures.AssertTreesEqual(t, appliedTree(t, [][]byte{bb, extraLayer("r")}), rootTree(t, st, img.ID), fixtures.IgnorePaths("/"))
 }
 
 // resumeCut answers the first times GETs of blob d with the right bytes

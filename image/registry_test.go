@@ -346,6 +346,14 @@ func storeImage(t testing.TB, st *store.Store, layers [][]byte, names ...string)
 	return img
 }
 
+// appliedTree is the root tree of layers applied in a store of their own:
+// what a pull of an image of those layers must give.
+func appliedTree(t testing.TB, layers [][]byte) fixtures.Tree {
+	t.Helper()
+	local := newStore(t, "")
+	return rootTree(t, local, storeImage(t, local, layers).ID)
+}
+
 // rootTree mounts a new container of image ref in st and snapshots it.
 func rootTree(t testing.TB, st *store.Store, ref string) fixtures.Tree {
 	t.Helper()
