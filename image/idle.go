@@ -22,13 +22,7 @@ var ErrIdleTimeout = errors.New("registry connection idle")
 const DefaultIdleTimeout = 60 * time.Second
 
 func (o *RemoteOptions) idleTimeout() time.Duration {
-	switch {
-	case o.IdleTimeout < 0:
-		return 0
-	case o.IdleTimeout == 0:
-		return DefaultIdleTimeout
-	}
-	return o.IdleTimeout
+	return zeroDefault(o.IdleTimeout, DefaultIdleTimeout)
 }
 
 // idleTransport cuts a request whose connection moves no byte either way

@@ -89,14 +89,18 @@ func (o *RemoteOptions) jobs() int {
 	return DefaultJobs
 }
 
-func (o *RemoteOptions) retries() int {
+func (o *RemoteOptions) retries() int { return zeroDefault(o.Retries, DefaultRetries) }
+
+// zeroDefault reads an option where 0 means def and a negative value
+// none (0).
+func zeroDefault[T int | time.Duration](v, def T) T {
 	switch {
-	case o.Retries < 0:
+	case v < 0:
 		return 0
-	case o.Retries == 0:
-		return DefaultRetries
+	case v == 0:
+		return def
 	}
-	return o.Retries
+	return v
 }
 
 func (o *RemoteOptions) progress(e Event) {
