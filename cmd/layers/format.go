@@ -72,7 +72,7 @@ func (l *listFlags) json() (bool, error) {
 		return false, usagef("--format %q: want %s", l.format, want)
 	}
 	if l.tmpl == nil {
-		t, err := template.New("format").Funcs(templateFuncs).Parse(l.format)
+		t, err := parseTemplate(l.format)
 		if err == nil {
 			// An unknown field fails here, once, not half-way through
 			// the list.
@@ -96,6 +96,11 @@ var templateFuncs = template.FuncMap{
 	"join":  strings.Join,
 	"upper": strings.ToUpper,
 	"lower": strings.ToLower,
+}
+
+// parseTemplate parses a --format template, with templateFuncs.
+func parseTemplate(format string) (*template.Template, error) {
+	return template.New("format").Funcs(templateFuncs).Parse(format)
 }
 
 // printEntries prints entries as JSON, or with the --format template once

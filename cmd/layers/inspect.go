@@ -55,7 +55,7 @@ Go name, as docker's: '{{.MountPath}}', '{{json .Config}}'.`,
 				return nil
 			}
 			var err error
-			if tmpl, err = template.New("format").Funcs(templateFuncs).Parse(format); err != nil {
+			if tmpl, err = parseTemplate(format); err != nil {
 				return usagef("--format %q: %v", format, err)
 			}
 			return nil
