@@ -6,14 +6,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/opencontainers/go-digest"
 
 	"github.com/layers-storage/layers/fixtures"
 )
@@ -22,27 +18,15 @@ import (
 // range asks for) with a third of the bytes left and then nothing, the
 // connection held open, until the client goes away or the test ends.
 func stallBlob(t *testing.T, reg *testRegistry, d string, times int) func(w http.ResponseWriter, r *http.Request) bool {
-	var n atomic.Int64
 	end := make(chan struct{})
 	t.Cleanup(func() { close(end) }) // before the proxy's Close, which waits for handlers
+	match := blobGET(reg, d, times)
 	return func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+d) || n.Add(1) > int64(times) {
+		b, off, status, ok := match(r)
+		if !ok {
 			return false
 		}
-		b, err := os.ReadFile(reg.blobPath(digest.Digest(d)))
-		if err != nil {
-			return false
-		}
-		off := 0
-		status := http.StatusOK
-		if rg := r.Header.Get("Range"); rg != "" {
-			if !strings.HasPrefix(rg, "bytes=") || !strings.HasSuffix(rg, "-") {
-				return false
-			}
-			if off, err = strconv.Atoi(rg[len("bytes=") : len(rg)-1]); err != nil {
-				return false
-			}
-			status = http.StatusPartialContent
+		if status == http.StatusPartialContent {
 			w.Header().Set("Content-Range", "bytes "+strconv.Itoa(off)+"-"+strconv.Itoa(len(b)-1)+"/"+strconv.Itoa(len(b)))
 		}
 		rest := b[off:]

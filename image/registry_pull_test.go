@@ -424,22 +424,11 @@ func TestPullRetriesCutDownloads(t *testing.T) {
 // resumeCut answers the first times GETs of blob d with the right bytes
 // from the requested offset, cut after a third of what is left.
 func resumeCut(reg *testRegistry, d string, times int) func(w http.ResponseWriter, r *http.Request) bool {
-	var n atomic.Int64
+	match := blobGET(reg, d, times)
 	return func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+d) || n.Add(1) > int64(times) {
+		b, off, status, ok := match(r)
+		if !ok {
 			return false
-		}
-		b, err := os.ReadFile(reg.blobPath(digest.Digest(d)))
-		if err != nil {
-			return false
-		}
-		var off int
-		status := http.StatusOK
-		if rg := r.Header.Get("Range"); rg != "" {
-			if _, err := fmt.Sscanf(rg, "bytes=%d-", &off); err != nil {
-				return false
-			}
-			status = http.StatusPartialContent
 		}
 		hj, _ := w.(http.Hijacker)
 		conn, _, err := hj.Hijack()
@@ -455,6 +444,31 @@ func resumeCut(reg *testRegistry, d string, times int) func(w http.ResponseWrite
 		conn.Write([]byte(hdr + "\r\n"))
 		conn.Write(rest[:len(rest)/3])
 		return true
+	}
+}
+
+// blobGET matches the first times GETs of blob d, and returns the blob,
+// the offset their Range asks for ("bytes=N-"; 0 without one) and the
+// status to answer with; ok is false for any other request.
+func blobGET(reg *testRegistry, d string, times int) func(r *http.Request) (b []byte, off, status int, ok bool) {
+	var n atomic.Int64
+	return func(r *http.Request) ([]byte, int, int, bool) {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+d) || n.Add(1) > int64(times) {
+			return nil, 0, 0, false
+		}
+		b, err := os.ReadFile(reg.blobPath(digest.Digest(d)))
+		if err != nil {
+			return nil, 0, 0, false
+		}
+		rg := r.Header.Get("Range")
+		if rg == "" {
+			return b, 0, http.StatusOK, true
+		}
+		var off int
+		if _, err := fmt.Sscanf(rg, "bytes=%d-", &off); err != nil || off > len(b) {
+			return nil, 0, 0, false
+		}
+		return b, off, http.StatusPartialContent, true
 	}
 }
 
