@@ -235,6 +235,13 @@ func TestRunKilled(t *testing.T) {
 				if !sc.Scan() || sc.Text() != "up" {
 					t.Fatalf("%s: no output", mode)
 				}
+				// The sleep starts after "up": on a loaded machine, later
+				// than the kill and the check below (a CI run failed so).
+				for deadline := time.Now().Add(5 * time.Second); !hasProcess(sleep); time.Sleep(20 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: the container's sleep never started", mode)
+					}
+				}
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait()
 
